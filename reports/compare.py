@@ -1,0 +1,251 @@
+"""Comparison report of one sweep, read from MLflow only (no Ray needed).
+
+    python -m reports.compare --run-id PARENT_RUN_ID [--mlflow-uri URI] [--out reports/kanji_rank]
+
+Writes ``report.md`` (one row per trial plus the no-fine-tune baseline, best value per metric in bold),
+``rows.json`` (the same rows, machine-readable), ``grid.png`` (prompts as rows, reference + baseline +
+trials as columns) and ``metrics.png`` (loss curves and final eval scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+# eval metrics where higher is better; train/loss is the one lower-is-better column
+HIGHER_IS_BETTER = ("eval/clip_t", "eval/clip_score", "eval/clip_i", "eval/dino", "eval/glyph_purity", "eval/glyph_iou")
+LOWER_IS_BETTER = ("train/loss",)
+# params every run carries that are not worth a column unless they vary
+_HIDDEN_PARAMS = {"model"}
+
+
+@dataclass
+class ReportRow:
+    """One child run: the baseline or a trial."""
+
+    run_id: str
+    name: str
+    kind: str  # "baseline" or "trial"
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    images: dict[str, Path] = field(default_factory=dict)  # prompt file stem -> local image
+
+
+def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list[ReportRow]:
+    """The parent run's children, baseline first then trials in start order; with ``image_dir``, their
+    final samples downloaded there."""
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10000,
+        order_by=["attributes.start_time ASC"],
+    )
+    rows = []
+    for run in runs:
+        row = ReportRow(
+            run_id=run.info.run_id,
+            name=run.info.run_name or run.info.run_id[:8],
+            kind=run.data.tags.get("sdsweep.kind", "trial"),
+            status=run.info.status,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+        )
+        if image_dir is not None:
+            row.images = _download_samples(client, run.info.run_id, image_dir / run.info.run_id)
+        rows.append(row)
+    rows.sort(key=lambda r: r.kind != "baseline")  # stable: trials keep their start order
+    return rows
+
+
+def _download_samples(client, run_id: str, dest: Path) -> dict[str, Path]:
+    if not any(a.path == "samples/final" for a in client.list_artifacts(run_id, "samples")):
+        return {}
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(run_id, "samples/final", str(dest)))
+    return {p.stem: p for p in sorted(local.glob("*.png"))}
+
+
+def best_values(rows: list[ReportRow], columns: list[str]) -> dict[str, float]:
+    """Best value per metric column over all rows (baseline included): max for eval scores, min for loss."""
+    best = {}
+    for col in columns:
+        values = [r.metrics[col] for r in rows if col in r.metrics and math.isfinite(r.metrics[col])]
+        if values and col in HIGHER_IS_BETTER:
+            best[col] = max(values)
+        elif values and col in LOWER_IS_BETTER:
+            best[col] = min(values)
+    return best
+
+
+def varying_params(rows: list[ReportRow]) -> list[str]:
+    """``method`` plus every trial param whose value differs between trials."""
+    trials = [r for r in rows if r.kind == "trial"]
+    keys = sorted({k for r in trials for k in r.params} - _HIDDEN_PARAMS)
+    varying = [k for k in keys if len({r.params.get(k) for r in trials}) > 1]
+    return ["method"] + [k for k in varying if k != "method"]
+
+
+def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str) -> str:
+    params = varying_params(rows)
+    metric_cols = [m for m in HIGHER_IS_BETTER if any(m in r.metrics for r in rows)]
+    extra_cols = [c for c in ("train/loss", "train/time_s", "adapter/size_mb") if any(c in r.metrics for r in rows)]
+    best = best_values(rows, metric_cols + extra_cols)
+    trials = [r for r in rows if r.kind == "trial" and metric in r.metrics and math.isfinite(r.metrics[metric])]
+    winner = (max if mode == "max" else min)(trials, key=lambda r: r.metrics[metric]) if trials else None
+
+    lines = [f"# {title}: sweep report", ""]
+    lines.append(f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline.")
+    if winner:
+        lines.append(f"Best trial by `{metric}` ({mode}): **{winner.name}** ({winner.metrics[metric]:.4f}).")
+    lines += ["Best value of each metric in **bold** (baseline included). Cosines are raw, in [-1, 1].", ""]
+    header = ["run", "status", *params, *metric_cols, *extra_cols]
+    lines.append("| " + " | ".join(_column_title(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        cells = [r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), r.status]
+        cells += [("none" if r.kind == "baseline" and p == "method" else r.params.get(p, "")) for p in params]
+        for col in metric_cols + extra_cols:
+            value = r.metrics.get(col)
+            if value is None or not math.isfinite(value):
+                cells.append("")
+                continue
+            text = f"{value:.4f}" if col.startswith(("eval/", "train/loss")) else f"{value:.2f}"
+            cells.append(f"**{text}**" if col in best and value == best[col] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Samples", "", "Prompts as rows; reference glyph, baseline and trials as columns.", ""]
+    lines += ["![samples](grid.png)", "", "## Metrics", "", "![metrics](metrics.png)", ""]
+    return "\n".join(lines)
+
+
+def _column_title(col: str) -> str:
+    return {"train/time_s": "train time (s)", "adapter/size_mb": "adapter (MB)"}.get(col, col)
+
+
+def render_grid(rows: list[ReportRow], references: dict[str, Path], cell: int = 128) -> Image.Image:
+    """Prompts (rows) x [reference, baseline, trials...] (columns); an empty cell where an image is missing."""
+    prompts = sorted({stem for r in rows for stem in r.images} | set(references))
+    columns = [("reference", references)] + [(r.name, r.images) for r in rows]
+    label_w, header_h = 170, 30
+    grid = Image.new("RGB", (label_w + cell * len(columns), header_h + cell * max(1, len(prompts))), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (name, _) in enumerate(columns):
+        draw.text((label_w + c * cell + 4, 8), _ascii(name)[:20], fill="black")
+    for p, stem in enumerate(prompts):
+        y = header_h + p * cell
+        draw.text((4, y + cell // 2 - 6), _ascii(stem)[:28], fill="black")
+        for c, (_, images) in enumerate(columns):
+            if stem in images:
+                with Image.open(images[stem]) as img:
+                    grid.paste(img.convert("RGB").resize((cell, cell)), (label_w + c * cell, y))
+            draw.rectangle([label_w + c * cell, y, label_w + (c + 1) * cell - 1, y + cell - 1], outline="#cccccc")
+    return grid
+
+
+def render_metrics_plot(client, rows: list[ReportRow], out_file: Path) -> None:
+    """Loss curves of the trials and a bar chart of the final eval scores of every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric_cols = [m for m in HIGHER_IS_BETTER if any(m in r.metrics for r in rows)]
+    fig, axes = plt.subplots(1, 1 + len(metric_cols), figsize=(4 * (1 + len(metric_cols)), 3.5), squeeze=False)
+    ax = axes[0][0]
+    for r in rows:
+        if r.kind != "trial":
+            continue
+        history = client.get_metric_history(r.run_id, "train/loss")
+        if history:
+            ax.plot([m.step for m in history], [m.value for m in history], label=r.name[:24])
+    ax.set_title("train/loss")
+    ax.set_xlabel("step")
+    if ax.lines:
+        ax.legend(fontsize=6)
+    for i, col in enumerate(metric_cols, start=1):
+        ax = axes[0][i]
+        names = [r.name[:12] for r in rows]
+        values = [r.metrics.get(col, float("nan")) for r in rows]
+        ax.bar(range(len(rows)), values, color=["grey" if r.kind == "baseline" else "tab:blue" for r in rows])
+        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
+        ax.set_title(col)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)
+
+
+def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: str = "eval/clip_t",
+                 mode: str = "max") -> Path:  # fmt: skip
+    """Write the report of the sweep whose MLflow parent run is ``parent_run_id``; return ``report.md``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    title = parent.data.tags.get("sdsweep.sweep", parent.info.run_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = load_rows(client, parent_run_id, Path(tmp))
+        references = _download_references(client, parent_run_id, Path(tmp) / "references")
+        render_grid(rows, references).save(out_dir / "grid.png")
+    render_metrics_plot(client, rows, out_dir / "metrics.png")
+    (out_dir / "report.md").write_text(render_markdown(rows, title, parent_run_id, metric, mode), encoding="utf-8")
+    (out_dir / "rows.json").write_text(
+        json.dumps(
+            [{"name": r.name, "kind": r.kind, "status": r.status, "params": r.params, "metrics": r.metrics} for r in rows],
+            indent=2,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
+    return out_dir / "report.md"
+
+
+def _download_references(client, run_id: str, dest: Path) -> dict[str, Path]:
+    if not any(a.path == "references" for a in client.list_artifacts(run_id)):
+        return {}
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(run_id, "references", str(dest)))
+    return {p.stem: p for p in sorted(local.glob("*.png"))}
+
+
+def _ascii(text: str) -> str:
+    """The default bitmap font has no CJK glyphs: keep ASCII, collapse the rest."""
+    return re.sub(r"\s+", " ", re.sub(r"[^\x20-\x7e]+", " ", text)).strip() or "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build a sweep's comparison report from MLflow.")
+    parser.add_argument("--run-id", required=True, help="the sweep's MLflow parent run id")
+    parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--out", default=None, help="output folder (default reports/<sweep>)")
+    parser.add_argument("--metric", default="eval/clip_t")
+    parser.add_argument("--mode", default="max", choices=("max", "min"))
+    args = parser.parse_args(argv)
+    import os
+
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    from mlflow.tracking import MlflowClient
+
+    try:
+        parent = MlflowClient(uri).get_run(args.run_id)
+    except Exception as err:
+        print(f"error: no MLflow run {args.run_id} in {uri} ({str(err).splitlines()[0]}): check --run-id and --mlflow-uri",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    out = Path(args.out or Path("reports") / parent.data.tags.get("sdsweep.sweep", args.run_id))
+    print(build_report(uri, args.run_id, out, args.metric, args.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

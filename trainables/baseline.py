@@ -1,0 +1,27 @@
+"""The no-fine-tune baseline: the base model, evaluated once per sweep with the trials' prompts and seeds."""
+
+from __future__ import annotations
+
+import torch
+
+from eval.evaluate import evaluate
+from eval.scorers import load_scorers
+from trainables.models import load_pipeline
+from trainables.tracking import TrialContext, child_run, log_metrics, log_samples
+
+
+def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
+    """Sample and score the base model into a child run named ``baseline``; returns its ``eval/*``."""
+    import mlflow
+
+    with child_run(ctx, run_name="baseline", kind="baseline"):
+        mlflow.log_params({"method": "none", "model": ctx.model})
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = load_pipeline(ctx.model, torch_dtype=torch.float16 if device == "cuda" else None).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        scorers = load_scorers(ctx.scorers, device)
+        prompts = list(ctx.eval_prompts)
+        metrics, images = evaluate(pipe, prompts, scorers, ctx.sampling)
+        log_metrics(metrics, step=0)
+        log_samples(prompts, images, step=0, final=True)
+        return metrics

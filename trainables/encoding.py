@@ -1,0 +1,107 @@
+"""Encode a training set once with the frozen VAE and text encoder.
+
+Every trial of a sweep shares the result (through Ray's object store) and samples latents from the cached
+posterior each step, so no trial runs the VAE encoder or the text encoder in its training loop. The
+encoding is also cached on disk, keyed by model, images and captions, for later sweeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+
+@dataclass
+class EncodedDataset:
+    """VAE posteriors (mean and std, unscaled) per image and text embeddings per unique caption."""
+
+    latent_mean: torch.Tensor  # [N, C, h, w], float16
+    latent_std: torch.Tensor  # [N, C, h, w], float16
+    text_embeds: torch.Tensor  # [K, 77, D], float16
+    caption_index: torch.Tensor  # [N], long: image i uses text_embeds[caption_index[i]]
+    scaling_factor: float
+
+    def __len__(self) -> int:
+        return self.latent_mean.shape[0]
+
+    def sample_latents(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw scaled latents for the images in ``index`` (float32, on the CPU)."""
+        mean, std = self.latent_mean[index].float(), self.latent_std[index].float()
+        noise = torch.randn(mean.shape, generator=generator)
+        return (mean + std * noise) * self.scaling_factor
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB image -> ``[3, H, W]`` in [-1, 1]; resized (bicubic) to ``resolution`` if it differs. No flips:
+    a mirrored kanji is a different glyph."""
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+    return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def cache_key(model: str, resolution: int, image_ids: list[str], captions: list[str]) -> str:
+    blob = json.dumps([model, resolution, image_ids, captions], ensure_ascii=False)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_dataset(
+    pipe,
+    images: list,
+    captions: list[str],
+    resolution: int,
+    batch_size: int = 16,
+    cache_file: Path | None = None,
+    progress: bool = True,
+) -> EncodedDataset:
+    """Encode ``images`` (PIL images, or callables returning one) and ``captions`` with ``pipe``'s frozen
+    VAE and text encoder; read from / write to ``cache_file`` when given."""
+    if cache_file is not None and Path(cache_file).exists():
+        return EncodedDataset(**torch.load(cache_file, weights_only=True))
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need one caption per image, got {len(images)} images and {len(captions)} captions")
+    vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+    device, dtype = vae.device, vae.dtype
+
+    means, stds = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="encoding latents", disable=not progress, mininterval=5, unit="batch"):
+        chunk = [img() if callable(img) else img for img in images[start : start + batch_size]]
+        pixels = torch.stack([image_to_tensor(img, resolution) for img in chunk]).to(device, dtype)
+        posterior = vae.encode(pixels).latent_dist
+        means.append(posterior.mean.half().cpu())
+        stds.append(posterior.std.half().cpu())
+
+    unique = sorted(set(captions))
+    position = {c: i for i, c in enumerate(unique)}
+    embeds = []
+    for start in range(0, len(unique), batch_size * 4):
+        tokens = tokenizer(
+            unique[start : start + batch_size * 4],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        embeds.append(text_encoder(tokens)[0].half().cpu())
+
+    encoded = EncodedDataset(
+        latent_mean=torch.cat(means),
+        latent_std=torch.cat(stds),
+        text_embeds=torch.cat(embeds),
+        caption_index=torch.tensor([position[c] for c in captions], dtype=torch.long),
+        scaling_factor=float(vae.config.scaling_factor),
+    )
+    if cache_file is not None:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(cache_file) + ".tmp")
+        torch.save(vars(encoded), tmp)
+        tmp.rename(cache_file)
+    return encoded

@@ -1,0 +1,102 @@
+"""What a trial gets from the launcher besides its hyperparameters, and its own MLflow child run.
+
+The launcher resolves every path and URI to an absolute one before trials start: Tune runs each trial
+with its trial directory as the working directory, so a relative ``sqlite:///mlflow.db`` would point
+somewhere else in every trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.evaluate import EvalPrompt, SamplingConfig
+from eval.scorers import ScorerSpec
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Sweep-wide inputs shared by every trial (passed with ``tune.with_parameters``)."""
+
+    model: str  # hub id or absolute local folder of the base Stable Diffusion model
+    tracking_uri: str  # absolute MLflow tracking URI
+    experiment_id: str
+    parent_run_id: str
+    eval_prompts: tuple[EvalPrompt, ...]
+    sampling: SamplingConfig
+    scorers: ScorerSpec
+    data: Any = None  # EncodedDataset, or a Ray ObjectRef to one
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Start an MLflow run nested under the sweep's parent run; mark it FAILED if the body raises.
+
+    ``run_id`` in ``tags`` resumes an existing run (a trial restored from its checkpoint).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    all_tags = {"mlflow.parentRunId": ctx.parent_run_id, "sdsweep.kind": kind, **ctx.tags, **(tags or {})}
+    run_id = all_tags.pop("run_id", None)
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else ctx.experiment_id,
+        run_name=None if run_id else run_name,
+        tags=all_tags,
+    )
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Log the finite numeric metrics of one step to the active run (one batched request)."""
+    import mlflow
+
+    finite = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+    if finite:
+        mlflow.log_metrics(finite, step=step, timestamp=int(time.time() * 1000))
+
+
+def log_samples(prompts: list[EvalPrompt], images: list, step: int, final: bool) -> None:
+    """Log eval samples: a per-prompt image history (``key``/``step``, browsable with MLflow's step slider)
+    and, at the end, ``samples/final/<index>_<name>.png`` which reports read back."""
+    import mlflow
+
+    for index, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+        mlflow.log_image(image, key=f"sample_{index:02d}_{slug(prompt.name)}", step=step)
+        if final:
+            mlflow.log_image(image, artifact_file=f"samples/final/{index:02d}_{slug(prompt.name)}.png")
+
+
+def slug(text: str) -> str:
+    """An ASCII name safe for files and MLflow keys: ``heldout/七 seven`` -> ``heldout-seven``."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
+    return cleaned or "prompt"
+
+
+def trial_dir(default_name: str) -> tuple[Path, str]:
+    """This trial's directory and name; outside Tune (a direct call) the working directory and
+    ``default_name``."""
+    import warnings
+
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "get_trial_dir is meant to only be called inside a Tuner"
+        context = tune.get_context()
+        directory, name = context.get_trial_dir(), context.get_trial_name()
+    if directory is None:
+        return Path.cwd(), default_name
+    return Path(directory), name
