@@ -9,6 +9,7 @@ end, to Tune and to the trial's MLflow child run. The final adapter is a diffuse
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -273,17 +274,21 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
                 "step": step,
             }
             losses = []
-            checkpoint = None
-            if is_eval:
-                unet.eval()
-                with torch.autocast(device, dtype=weight_dtype, enabled=cfg.mixed_precision != "no"):
-                    scores, images = evaluate(pipe, prompts, scorers, ctx.sampling)
-                metrics.update(scores)
-                log_samples(prompts, images, step, final=step == cfg.max_steps)
-                checkpoint = out_dir / f"checkpoint_step{step:06d}"
-                save_adapter(unet, checkpoint)
+            if not is_eval:
+                log_metrics(metrics, step)
+                _report(metrics)
+                continue
+            eval_started = time.perf_counter()
+            unet.eval()
+            with torch.autocast(device, dtype=weight_dtype, enabled=cfg.mixed_precision != "no"):
+                scores, images = evaluate(pipe, prompts, scorers, ctx.sampling)
+            metrics.update(scores)
+            log_samples(prompts, images, step, final=step == cfg.max_steps)
             log_metrics(metrics, step)
-            _report(metrics, checkpoint)
+            with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
+                save_adapter(unet, Path(checkpoint))
+                _report(metrics, Path(checkpoint))
+            started += time.perf_counter() - eval_started  # train/time_s counts training steps only
 
         # the final adapter, in the trial directory and in MLflow
         adapter = save_adapter(unet, out_dir)

@@ -1,0 +1,84 @@
+"""LoRATrialConfig and the launcher's checks reject bad input with a message naming field, value and fix."""
+
+import pytest
+
+from trainables.lora import LoRATrialConfig
+
+
+def test_defaults_are_valid_and_alpha_is_independent_of_rank():
+    cfg = LoRATrialConfig(lora_rank=16, lora_alpha=4)
+    assert (cfg.lora_rank, cfg.lora_alpha) == (16, 4)
+    assert cfg.lora_target_modules == ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("lora_rank", 0, "lora_rank=0 is not valid: use a whole number >= 1"),
+        ("lora_rank", 2.5, "lora_rank=2.5 is not valid"),
+        ("unet_lr", -1e-4, "unet_lr=-0.0001 is not valid: use a learning rate in (0, 1)"),
+        ("lora_target_modules", ("to_q", "to_qq"), "lora_target_modules=['to_qq'] is not valid: choose from"),
+        ("lora_alpha", 0, "lora_alpha=0 is not valid"),
+        ("lora_init", "zeros", "lora_init='zeros' is not valid: choose one of"),
+        ("resolution", 100, "resolution=100 is not valid: use a multiple of 8"),
+        ("lr_scheduler", "cosine_restarts", "lr_scheduler='cosine_restarts' is not valid"),
+        ("mixed_precision", "fp8", "mixed_precision='fp8' is not valid"),
+        ("batch_size", 0, "batch_size=0 is not valid"),
+    ],
+)
+def test_bad_values_name_field_value_and_fix(field, value, expected):
+    with pytest.raises(ValueError) as err:
+        LoRATrialConfig(**{field: value})
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_setting_is_rejected_not_ignored():
+    with pytest.raises(ValueError, match=r"unknown LoRA trial setting\(s\) \['lora_dropout_rate'\]"):
+        LoRATrialConfig.from_dict({"lora_rank": 4, "lora_dropout_rate": 0.1})
+
+
+def test_warmup_must_fit_in_the_run():
+    with pytest.raises(ValueError, match="lr_warmup_steps=50 is not valid"):
+        LoRATrialConfig(max_steps=50, lr_warmup_steps=50)
+
+
+def test_launcher_names_the_bad_trial_before_ray_starts():
+    from ray import tune
+
+    from sweeps.launcher import Sweep, SweepError, expand_trials, validate_trials
+    from trainables.kanji_data import KanjiData
+
+    sweep = Sweep("bad", {"resolution": 64}, {"lora_rank": tune.grid_search([4, 0])}, KanjiData())
+    with pytest.raises(SweepError, match=r"trial 1 \{'lora_rank': 0\}: lora_rank=0 is not valid"):
+        validate_trials(sweep, expand_trials(sweep, sweep.base_config))
+
+
+def test_launcher_rejects_a_swept_resolution():
+    from ray import tune
+
+    from sweeps.launcher import Sweep, SweepError, expand_trials, validate_trials
+    from trainables.kanji_data import KanjiData
+
+    sweep = Sweep("res", {}, {"resolution": tune.grid_search([256, 512])}, KanjiData())
+    with pytest.raises(SweepError, match="latents are encoded once per sweep"):
+        validate_trials(sweep, expand_trials(sweep, {}))
+
+
+def test_bad_caption_template_is_caught_before_trials():
+    from sweeps.launcher import Sweep, SweepError, validate_trials
+    from trainables.kanji_data import KanjiData
+
+    sweep = Sweep("tpl", {}, {}, KanjiData(caption_template="kanji {meening}"))
+    with pytest.raises(SweepError, match=r"caption_template='kanji \{meening\}' is not valid"):
+        validate_trials(sweep, [{}])
+
+
+def test_cli_rejects_fp16_without_gpu(capsys):
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    code = launch(SWEEP, ["--preset", "sd15", "--gpus-per-trial", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: mixed_precision='fp16' needs a GPU") and "\n" not in err

@@ -1,0 +1,138 @@
+"""The LoRA trainable, called directly (no Tune): adapter file, its keys and scale, MLflow records, NaN."""
+
+import math
+
+import mlflow
+import pytest
+import torch
+from safetensors import safe_open
+
+from eval.evaluate import EvalPrompt, SamplingConfig
+from trainables.encoding import EncodedDataset, encode_dataset
+from trainables.kanji_data import kanji_eval_prompts, load_image, load_records
+from trainables.lora import ADAPTER_FILE, LoRATrialConfig, TrialError, _add_lora, save_adapter, train_lora
+from trainables.models import load_pipeline
+from trainables.tracking import TrialContext
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_sd, kanji_dir) -> EncodedDataset:
+    train = [r for r in load_records(kanji_dir) if r.split == "train"][:32]
+    pipe = load_pipeline(tiny_sd)
+    return encode_dataset(pipe, [load_image(kanji_dir, r) for r in train], [r.caption for r in train], 64, progress=False)
+
+
+@pytest.fixture
+def context(tmp_path, tiny_sd, tiny_scorer_spec, kanji_dir, encoded):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as parent:
+        pass
+    prompts = kanji_eval_prompts(kanji_dir, load_records(kanji_dir), n_heldout=2)
+    return TrialContext(
+        tiny_sd, uri, experiment, parent.info.run_id, tuple(prompts),
+        SamplingConfig(steps=3, resolution=64), tiny_scorer_spec, encoded,
+    )  # fmt: skip
+
+
+def test_encoding_once_matches_the_vae(tiny_sd, kanji_dir, encoded):
+    assert encoded.latent_mean.shape == (32, 4, 32, 32) and encoded.text_embeds.shape[1:] == (77, 32)
+    pipe = load_pipeline(tiny_sd)
+    record = [r for r in load_records(kanji_dir) if r.split == "train"][0]
+    from trainables.encoding import image_to_tensor
+
+    with torch.no_grad():
+        mean = pipe.vae.encode(image_to_tensor(load_image(kanji_dir, record), 64)[None]).latent_dist.mean
+    assert torch.allclose(encoded.latent_mean[0].float(), mean[0], atol=1e-2)
+
+
+def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_sd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = dict(lora_rank=4, lora_alpha=8.0, max_steps=6, batch_size=2, resolution=64, eval_every=3, log_every=2,
+                  unet_lr=1e-3)  # fmt: skip
+    metrics = train_lora(config, context)
+
+    # the adapter: diffusers-format keys for the UNet attention projections, rank/alpha in its metadata
+    adapter = tmp_path / ADAPTER_FILE
+    with safe_open(str(adapter), "pt") as fh:
+        keys = list(fh.keys())
+        metadata = fh.metadata()
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert {k.rsplit(".", 4)[-4] for k in keys} == {"to_q", "to_k", "to_v", "0"}  # to_out.0
+    assert any(k.endswith("lora.down.weight") for k in keys) and any(k.endswith("lora.up.weight") for k in keys)
+    import json
+
+    peft_config = json.loads(metadata["lora_adapter_metadata"])
+    assert peft_config["unet.r"] == 4 and peft_config["unet.lora_alpha"] == 8.0
+
+    # loading it into a fresh pipeline changes the output
+    def sample(pipe):
+        return pipe('kanji meaning "internet"', num_inference_steps=3, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    fresh = load_pipeline(tiny_sd)
+    before = sample(fresh)
+    fresh.load_lora_weights(str(tmp_path))
+    assert abs(sample(fresh) - before).max() > 1e-4
+
+    # metrics: finite eval scores; MLflow: one FINISHED child run with params, history, images and adapter
+    assert all(math.isfinite(metrics[k]) for k in ("eval/clip_t", "eval/clip_i", "eval/dino", "eval/glyph_iou"))
+    client = mlflow.MlflowClient(context.tracking_uri)
+    runs = client.search_runs([context.experiment_id], f"tags.mlflow.parentRunId = '{context.parent_run_id}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "lora-r4-a8-local"
+    assert run.data.params["lora_rank"] == "4" and run.data.params["method"] == "lora"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 3, 4, 6]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [3, 6]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/final")}
+    assert len(artifacts) == len(context.eval_prompts)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [f"adapter/{ADAPTER_FILE}"]
+
+
+def test_adapter_reloads_with_the_trained_scale(tiny_sd, tmp_path):
+    """alpha != rank: the saved metadata must restore scale alpha/rank, or the reloaded UNet differs."""
+    pipe = load_pipeline(tiny_sd)
+    params = _add_lora(pipe.unet, LoRATrialConfig(lora_rank=2, lora_alpha=16.0))
+    torch.manual_seed(0)
+    for p in params:
+        p.data.normal_(0, 0.05)  # non-zero lora_B so the adapter does something
+    save_adapter(pipe.unet, tmp_path)
+    fresh = load_pipeline(tiny_sd)
+    fresh.load_lora_weights(str(tmp_path))
+    x, t, text = torch.randn(1, 4, 32, 32), torch.tensor([10]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert torch.allclose(pipe.unet(x, t, text).sample, fresh.unet(x, t, text).sample, atol=1e-5)
+
+
+def test_nan_loss_fails_the_trial_with_a_fix_and_marks_its_run(context, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = context.data
+    broken = EncodedDataset(data.latent_mean * float("nan"), data.latent_std, data.text_embeds,
+                            data.caption_index, data.scaling_factor)  # fmt: skip
+    from dataclasses import replace
+
+    with pytest.raises(TrialError, match=r"train/loss became nan at step 1: lower unet_lr \(now 0.0001\)"):
+        train_lora(dict(max_steps=3, resolution=64, batch_size=2), replace(context, data=broken))
+    runs = mlflow.MlflowClient(context.tracking_uri).search_runs([context.experiment_id], "tags.sdsweep.kind = 'trial'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_mixed_precision_on_cpu_is_refused(context, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrialError, match="mixed_precision='fp16' needs a GPU"):
+        train_lora(dict(max_steps=1, resolution=64, mixed_precision="fp16"), context)
+
+
+def test_eval_prompts_sample_the_same_images_for_the_same_seeds(tiny_sd, tiny_scorers):
+    from eval.evaluate import sample_images
+
+    pipe = load_pipeline(tiny_sd)
+    prompts = [EvalPrompt("a", "kanji meaning \"a\"", 5), EvalPrompt("b", "kanji meaning \"b\"", 6)]
+    cfg = SamplingConfig(steps=2, resolution=64, batch_size=2)
+    together = sample_images(pipe, prompts, cfg)
+    alone = sample_images(pipe, prompts[1:], SamplingConfig(steps=2, resolution=64, batch_size=1))
+    import numpy as np
+
+    assert np.array_equal(np.asarray(together[1]), np.asarray(alone[0]))  # seeds independent of batching

@@ -1,0 +1,56 @@
+"""The report reads MLflow only: one row per child run, baseline first, best values marked, a grid."""
+
+import json
+
+import mlflow
+from PIL import Image
+
+from reports.compare import build_report
+
+
+def _child(experiment, parent_id, name, kind, params, metrics, color):
+    with mlflow.start_run(experiment_id=experiment, run_name=name,
+                          tags={"mlflow.parentRunId": parent_id, "sdsweep.kind": kind}):  # fmt: skip
+        mlflow.log_params(params)
+        for step, loss in enumerate((1.0, 0.5), start=1):
+            if kind == "trial":
+                mlflow.log_metric("train/loss", loss * metrics["eval/clip_t"], step=step)
+        mlflow.log_metrics(metrics, step=2)
+        for i, prompt in enumerate(("heldout-seven", "novel-internet")):
+            mlflow.log_image(Image.new("RGB", (64, 64), color), artifact_file=f"samples/final/{i:02d}_{prompt}.png")
+
+
+def test_report_rows_best_marks_and_grid(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("kanji_rank", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment, run_name="sweep", tags={"sdsweep.sweep": "kanji_rank"}) as parent:
+        mlflow.log_image(Image.new("RGB", (64, 64), "white"), artifact_file="references/00_heldout-seven.png")
+    pid = parent.info.run_id
+    _child(experiment, pid, "baseline", "baseline", {"method": "none"},
+           {"eval/clip_t": 0.20, "eval/glyph_iou": 0.10}, "grey")  # fmt: skip
+    _child(experiment, pid, "lora-r1-a1-00000", "trial", {"method": "lora", "lora_rank": 1, "seed": 0},
+           {"eval/clip_t": 0.25, "eval/glyph_iou": 0.30, "train/time_s": 12.0}, "red")  # fmt: skip
+    _child(experiment, pid, "lora-r4-a4-00001", "trial", {"method": "lora", "lora_rank": 4, "seed": 0},
+           {"eval/clip_t": 0.22, "eval/glyph_iou": 0.40, "train/time_s": 15.0}, "blue")  # fmt: skip
+
+    report = build_report(uri, pid, tmp_path / "out", metric="eval/glyph_iou", mode="max")
+
+    rows = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert [r["name"] for r in rows] == ["baseline", "lora-r1-a1-00000", "lora-r4-a4-00001"]
+    text = report.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3  # header + baseline + 2 trials
+    assert table[0].startswith("| run | status | method | lora_rank | eval/clip_t | eval/glyph_iou | train/loss |")
+    assert "seed" not in table[0]  # constant params are not columns
+    assert "| baseline (no fine-tune) | FINISHED | none |  | 0.2000 | 0.1000 |" in text
+    assert "| **0.2500** |" in table[2] and "| **0.4000** |" in table[3]  # best per metric in bold
+    assert "Best trial by `eval/glyph_iou` (max): **lora-r4-a4-00001** (0.4000)" in text
+    # lower loss is better: r1 logged 0.5 * 0.25 = 0.125 last, r4 0.5 * 0.22 = 0.11
+    assert "**0.1100**" in table[3]
+
+    grid = Image.open(tmp_path / "out" / "grid.png").convert("RGB")
+    assert grid.size == (170 + 128 * 4, 30 + 128 * 2)  # reference + baseline + 2 trials; 2 prompts
+    assert grid.getpixel((170 + 128 * 2 + 64, 30 + 64)) == (255, 0, 0)  # r1's sample, first prompt row
+    assert grid.getpixel((170 + 128 * 3 + 64, 30 + 128 + 64)) == (0, 0, 255)
+    assert (tmp_path / "out" / "metrics.png").stat().st_size > 0

@@ -1,0 +1,103 @@
+"""The tiny kanji sweep end to end through real Ray Tune, MLflow (sqlite) and the report."""
+
+import json
+import math
+
+import mlflow
+import pytest
+import torch
+from ray import tune
+
+pytestmark = pytest.mark.integration
+
+
+def _args(tmp_path, cache):
+    return ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
+            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
+            "--max-chars", "160"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("sdsweep-cache")
+
+
+@pytest.fixture(scope="module")
+def kanji_rank_run(tmp_path_factory, cache):
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    tmp_path = tmp_path_factory.mktemp("kanji-rank")
+    code = launch(SWEEP, _args(tmp_path, cache))
+    return code, tmp_path
+
+
+def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
+    code, tmp_path = kanji_rank_run
+    assert code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("kanji_rank")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    trials = [r for r in children if r.data.tags["sdsweep.kind"] == "trial"]
+    baselines = [r for r in children if r.data.tags["sdsweep.kind"] == "baseline"]
+    assert len(trials) == 5 and len(baselines) == 1
+    assert sorted(int(r.data.params["lora_rank"]) for r in trials) == [1, 4, 8, 16, 64]
+    for run in trials:
+        assert float(run.data.params["lora_alpha"]) == float(run.data.params["lora_rank"])
+        assert run.data.params["method"] == "lora"
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [
+            "adapter/pytorch_lora_weights.safetensors"
+        ]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        evals = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+        assert set(evals) == {"eval/clip_t", "eval/clip_score", "eval/clip_i", "eval/dino", "eval/glyph_purity",
+                              "eval/glyph_iou"}  # fmt: skip
+        assert all(math.isfinite(v) for v in evals.values())
+        assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 4 + 3  # held-out + novel prompts
+    # adapters differ by rank: the rank-64 file is the largest
+    sizes = {int(r.data.params["lora_rank"]): r.data.metrics["adapter/size_mb"] for r in trials}
+    assert sizes[64] > sizes[16] > sizes[1]
+
+    # the report: 6 rows (baseline first), a grid, and the same files in the parent run
+    rows = json.loads((tmp_path / "reports" / "kanji_rank" / "rows.json").read_text())
+    assert len(rows) == 6 and rows[0]["kind"] == "baseline"
+    assert (tmp_path / "reports" / "kanji_rank" / "grid.png").exists()
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/report.md", "report/grid.png", "report/rows.json", "report/metrics.png"} <= logged
+    assert len(client.list_artifacts(parents[0].info.run_id, "references")) == 4
+
+
+def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
+    _, tmp_path = kanji_rank_run
+    checkpoints = list((tmp_path / "ray").glob("kanji_rank-*/train_lora_*/checkpoint_*/pytorch_lora_weights.safetensors"))
+    assert len(checkpoints) == 5  # num_to_keep=1: the last eval's adapter per trial, in Tune's storage
+
+
+def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_path):
+    """A corrupt encoded cache (NaN latents) fails every trial at step 1: the sweep still finishes,
+    keeps its baseline, records the failed trials, writes the report and exits 1."""
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+    from dataclasses import replace
+
+    (encoded,) = list((cache / "encoded").glob("kanji-*.pt"))
+    state = torch.load(encoded, weights_only=True)
+    state["latent_mean"] = state["latent_mean"] * float("nan")
+    torch.save(state, encoded)
+    sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])})
+
+    code = launch(sweep, _args(tmp_path, cache))
+
+    assert code == 1
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("kanji_broken")
+    runs = client.search_runs([experiment.experiment_id])
+    statuses = sorted((r.data.tags.get("sdsweep.kind", "parent"), r.info.status) for r in runs)
+    assert statuses == [("baseline", "FINISHED"), ("parent", "FAILED"), ("trial", "FAILED"), ("trial", "FAILED")]
+    rows = json.loads((tmp_path / "reports" / "kanji_broken" / "rows.json").read_text())
+    assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
+    encoded.unlink()  # leave no broken cache behind
