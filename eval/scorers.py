@@ -74,6 +74,7 @@ class DinoScorer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             self.processor = AutoImageProcessor.from_pretrained(model)
             self.model = ViTModel.from_pretrained(model, add_pooling_layer=False).to(device).eval()
@@ -120,7 +121,13 @@ def build_tiny_clip(out_dir: Path, image_size: int = 64, seed: int = 0) -> str:
     model_cfg = {
         "embed_dim": 32,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": 2,
+            "width": 32,
+            "patch_size": 16,
+            "head_width": 16,
+        },
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     }
     preprocess_cfg = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}

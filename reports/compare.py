@@ -21,7 +21,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 # eval metrics where higher is better; train/loss is the one lower-is-better column
-HIGHER_IS_BETTER = ("eval/clip_t", "eval/clip_score", "eval/clip_i", "eval/dino", "eval/glyph_purity", "eval/glyph_iou")
+HIGHER_IS_BETTER = (
+    "eval/clip_t",
+    "eval/clip_score",
+    "eval/clip_i",
+    "eval/dino",
+    "eval/glyph_purity",
+    "eval/glyph_iou",
+)
 LOWER_IS_BETTER = ("train/loss",)
 # params every run carries that are not worth a column unless they vary
 _HIDDEN_PARAMS = {"model"}
@@ -104,7 +111,9 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
     winner = (max if mode == "max" else min)(trials, key=lambda r: r.metrics[metric]) if trials else None
 
     lines = [f"# {title}: sweep report", ""]
-    lines.append(f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline.")
+    lines.append(
+        f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline."
+    )
     if winner:
         lines.append(f"Best trial by `{metric}` ({mode}): **{winner.name}** ({winner.metrics[metric]:.4f}).")
     lines += ["Best value of each metric in **bold** (baseline included). Cosines are raw, in [-1, 1].", ""]
@@ -201,7 +210,10 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
     (out_dir / "report.md").write_text(render_markdown(rows, title, parent_run_id, metric, mode), encoding="utf-8")
     (out_dir / "rows.json").write_text(
         json.dumps(
-            [{"name": r.name, "kind": r.kind, "status": r.status, "params": r.params, "metrics": r.metrics} for r in rows],
+            [
+                {"name": r.name, "kind": r.kind, "status": r.status, "params": r.params, "metrics": r.metrics}
+                for r in rows
+            ],
             indent=2,
             ensure_ascii=False,
         ),
@@ -239,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parent = MlflowClient(uri).get_run(args.run_id)
     except Exception as err:
-        print(f"error: no MLflow run {args.run_id} in {uri} ({str(err).splitlines()[0]}): check --run-id and --mlflow-uri",
-              file=sys.stderr)  # fmt: skip
+        reason = str(err).splitlines()[0]
+        print(
+            f"error: no MLflow run {args.run_id} in {uri} ({reason}): check --run-id and --mlflow-uri", file=sys.stderr
+        )
         return 2
     out = Path(args.out or Path("reports") / parent.data.tags.get("sdsweep.sweep", args.run_id))
     print(build_report(uri, args.run_id, out, args.metric, args.mode))

@@ -103,15 +103,22 @@ def parse_args(argv: list[str] | None, sweep: Sweep) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="sd15", help="sd15 (GPU, default) or tiny (CPU)")
     parser.add_argument("--model", help="Stable Diffusion hub id or local folder (overrides the preset)")
     parser.add_argument("--max-steps", type=int, help="training steps per trial (overrides the preset)")
-    parser.add_argument("--num-samples", type=int, default=1, help="Tune num_samples: repeats of the grid, "
-                        "or trials drawn by random/optuna search (default 1)")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="Tune num_samples: repeats of the grid, or trials drawn by random/optuna search (default 1)",
+    )
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (preset default)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (preset default)")
     parser.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
     parser.add_argument("--storage-path", help="Ray Tune results: a folder or s3://... (default ~/ray_results)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
-                        help="dataset, encoded latents and tiny models (default ~/.cache/sdsweep)")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_CACHE_DIR),
+        help="dataset, encoded latents and tiny models (default ~/.cache/sdsweep)",
+    )
     parser.add_argument("--max-chars", type=int, help="use only the first N kanji (overrides the preset)")
     parser.add_argument("--report-dir", default="reports", help="reports go to REPORT_DIR/<sweep>/ (default reports)")
     parser.add_argument("--clip-model", help=f"open_clip model name or local-dir:DIR (default {DEFAULT_CLIP_MODEL})")
@@ -134,11 +141,10 @@ def trial_base_config(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any]:
 def expand_trials(sweep: Sweep, base_config: dict[str, Any], num_samples: int = 1, seed: int = 0) -> list[dict]:
     """The trial configs the search space expands to (grid points; random draws for sampled dimensions),
     without starting Ray. Optuna draws its own points at run time; they are checked the same way here."""
-    from ray.tune.search.variant_generator import generate_variants
-
     import random
 
     import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
 
     random.seed(seed)
     np.random.seed(seed)
@@ -190,9 +196,7 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     elif "://" not in uri:
-        raise SweepError(
-            f"--mlflow-uri {uri} is not a URI MLflow 3 accepts: use sqlite:///path.db or http://host:5000"
-        )
+        raise SweepError(f"--mlflow-uri {uri} is not a URI MLflow 3 accepts: use sqlite:///path.db or http://host:5000")
     return uri
 
 
@@ -217,6 +221,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # our trials report train/loss between evals; results without eval/* are expected, not an error
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -234,7 +241,8 @@ def _start_ray(cpus: float):
     env = {
         k: os.environ[k]
         for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY",
-                  "DIFFUSERS_VERBOSITY", "PYTHONWARNINGS", "RAY_USAGE_STATS_ENABLED")
+                  "DIFFUSERS_VERBOSITY", "PYTHONWARNINGS", "RAY_USAGE_STATS_ENABLED",
+                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     }  # fmt: skip
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
@@ -288,7 +296,9 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
     if cpus <= 0 or gpus < 0:
-        raise SweepError(f"--cpus-per-trial {cpus} / --gpus-per-trial {gpus}: use cpus > 0 (fractions allowed), gpus >= 0")
+        raise SweepError(
+            f"--cpus-per-trial {cpus} / --gpus-per-trial {gpus}: use cpus > 0 (fractions allowed), gpus >= 0"
+        )
     if args.num_samples < 1:
         raise SweepError(f"--num-samples {args.num_samples}: use 1 or more")
 
@@ -389,7 +399,9 @@ def _models(args, preset: Preset, cache_dir: Path) -> tuple[str, ScorerSpec]:
     if preset.scorers is None:
         size = preset.sampling.resolution
         scorers = ScorerSpec(
-            build_tiny_clip(tiny_dir / f"tiny-clip-{size}", size), None, str(build_tiny_dino(tiny_dir / f"tiny-dino-{size}", size))
+            build_tiny_clip(tiny_dir / f"tiny-clip-{size}", size),
+            None,
+            str(build_tiny_dino(tiny_dir / f"tiny-dino-{size}", size)),
         )
     else:
         scorers = preset.scorers

@@ -58,7 +58,9 @@ def test_stroke_numbers_are_removed():
     svg = kanjivg_files()["七"].read_text("utf-8")
     assert "StrokeNumbers" in svg
     with_numbers = Image.open(
-        io.BytesIO(cairosvg.svg2png(bytestring=svg.encode(), output_width=256, output_height=256, background_color="white"))
+        io.BytesIO(
+            cairosvg.svg2png(bytestring=svg.encode(), output_width=256, output_height=256, background_color="white")
+        )
     ).convert("L")
     without = render_glyph(svg, 256).convert("L")
     # the numbers are drawn in grey (#808080): count every non-white pixel as marked

@@ -19,7 +19,9 @@ from trainables.tracking import TrialContext
 def encoded(tiny_sd, kanji_dir) -> EncodedDataset:
     train = [r for r in load_records(kanji_dir) if r.split == "train"][:32]
     pipe = load_pipeline(tiny_sd)
-    return encode_dataset(pipe, [load_image(kanji_dir, r) for r in train], [r.caption for r in train], 64, progress=False)
+    return encode_dataset(
+        pipe, [load_image(kanji_dir, r) for r in train], [r.caption for r in train], 64, progress=False
+    )
 
 
 @pytest.fixture
@@ -129,7 +131,7 @@ def test_eval_prompts_sample_the_same_images_for_the_same_seeds(tiny_sd, tiny_sc
     from eval.evaluate import sample_images
 
     pipe = load_pipeline(tiny_sd)
-    prompts = [EvalPrompt("a", "kanji meaning \"a\"", 5), EvalPrompt("b", "kanji meaning \"b\"", 6)]
+    prompts = [EvalPrompt("a", 'kanji meaning "a"', 5), EvalPrompt("b", 'kanji meaning "b"', 6)]
     cfg = SamplingConfig(steps=2, resolution=64, batch_size=2)
     together = sample_images(pipe, prompts, cfg)
     alone = sample_images(pipe, prompts[1:], SamplingConfig(steps=2, resolution=64, batch_size=1))

@@ -66,7 +66,7 @@ def test_scores_of_images_equal_to_their_references(tiny_scorers, kanji_dir):
 
     records = load_records(kanji_dir)[:3]
     glyphs = [load_image(kanji_dir, r) for r in records]
-    prompts = [EvalPrompt(r.character, r.caption, i, g) for i, (r, g) in enumerate(zip(records, glyphs))]
+    prompts = [EvalPrompt(r.character, r.caption, i, g) for i, (r, g) in enumerate(zip(records, glyphs, strict=True))]
     prompts.append(EvalPrompt("novel/internet", 'kanji meaning "internet"', 3))
     images = glyphs + [Image.new("RGB", (64, 64), "white")]
     metrics = score_images(images, prompts, tiny_scorers)
@@ -76,5 +76,8 @@ def test_scores_of_images_equal_to_their_references(tiny_scorers, kanji_dir):
     assert metrics["eval/glyph_purity"] > 0.9  # antialiased stroke edges are neither black nor white
     assert all(math.isfinite(v) for v in metrics.values())
     # clip_t is the mean of per-pair cosines computed by the same scorer
-    img_e, txt_e = tiny_scorers.clip.embed_images(images), tiny_scorers.clip.embed_texts([p.text for p in prompts])
+    img_e, txt_e = (
+        tiny_scorers.clip.embed_images(images),
+        tiny_scorers.clip.embed_texts([p.text for p in prompts]),
+    )
     assert metrics["eval/clip_t"] == pytest.approx(float((img_e * txt_e).sum(-1).mean()), abs=1e-6)

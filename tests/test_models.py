@@ -39,7 +39,9 @@ def test_missing_local_model_is_one_clear_line(tmp_path):
 
 
 def test_unreachable_hub_model_never_falls_back_to_random_weights():
-    with pytest.raises(ModelLoadError, match=r"cannot load Stable Diffusion model 'nobody/no-such-model' .*--model DIR"):
+    with pytest.raises(
+        ModelLoadError, match=r"cannot load Stable Diffusion model 'nobody/no-such-model' .*--model DIR"
+    ):
         load_pipeline("nobody/no-such-model")
 
 

@@ -73,16 +73,19 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
 
 def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
     _, tmp_path = kanji_rank_run
-    checkpoints = list((tmp_path / "ray").glob("kanji_rank-*/train_lora_*/checkpoint_*/pytorch_lora_weights.safetensors"))
+    checkpoints = list(
+        (tmp_path / "ray").glob("kanji_rank-*/train_lora_*/checkpoint_*/pytorch_lora_weights.safetensors")
+    )
     assert len(checkpoints) == 5  # num_to_keep=1: the last eval's adapter per trial, in Tune's storage
 
 
 def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_path):
     """A corrupt encoded cache (NaN latents) fails every trial at step 1: the sweep still finishes,
     keeps its baseline, records the failed trials, writes the report and exits 1."""
+    from dataclasses import replace
+
     from sweeps.kanji_rank import SWEEP
     from sweeps.launcher import launch
-    from dataclasses import replace
 
     (encoded,) = list((cache / "encoded").glob("kanji-*.pt"))
     state = torch.load(encoded, weights_only=True)
@@ -97,7 +100,12 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     experiment = client.get_experiment_by_name("kanji_broken")
     runs = client.search_runs([experiment.experiment_id])
     statuses = sorted((r.data.tags.get("sdsweep.kind", "parent"), r.info.status) for r in runs)
-    assert statuses == [("baseline", "FINISHED"), ("parent", "FAILED"), ("trial", "FAILED"), ("trial", "FAILED")]
+    assert statuses == [
+        ("baseline", "FINISHED"),
+        ("parent", "FAILED"),
+        ("trial", "FAILED"),
+        ("trial", "FAILED"),
+    ]
     rows = json.loads((tmp_path / "reports" / "kanji_broken" / "rows.json").read_text())
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
     encoded.unlink()  # leave no broken cache behind

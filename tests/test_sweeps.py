@@ -8,7 +8,9 @@ import pytest
 from sweeps.launcher import PRESETS, expand_trials, parse_args, trial_base_config, validate_trials
 
 SWEEP_FILES = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.py") if p.stem not in {"__init__", "launcher"}
+    p.stem
+    for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.py")
+    if p.stem not in {"__init__", "launcher"}
 )
 
 

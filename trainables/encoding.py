@@ -72,7 +72,13 @@ def encode_dataset(
     device, dtype = vae.device, vae.dtype
 
     means, stds = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="encoding latents", disable=not progress, mininterval=5, unit="batch"):
+    for start in tqdm(
+        range(0, len(images), batch_size),
+        desc="encoding latents",
+        disable=not progress,
+        mininterval=5,
+        unit="batch",
+    ):
         chunk = [img() if callable(img) else img for img in images[start : start + batch_size]]
         pixels = torch.stack([image_to_tensor(img, resolution) for img in chunk]).to(device, dtype)
         posterior = vae.encode(pixels).latent_dist

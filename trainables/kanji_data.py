@@ -185,7 +185,9 @@ def build_dataset(
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     rows = []
-    for character in tqdm(characters, desc=f"rendering kanji at {size}px", disable=not progress, mininterval=5, unit="glyph"):
+    for character in tqdm(
+        characters, desc=f"rendering kanji at {size}px", disable=not progress, mininterval=5, unit="glyph"
+    ):
         file_name = f"{ord(character):05x}.png"
         render_glyph(svgs[character].read_text(encoding="utf-8"), size).save(partial / file_name)
         rows.append(
@@ -208,9 +210,7 @@ def load_records(directory: Path) -> list[KanjiRecord]:
     """Read ``metadata.jsonl`` of a built dataset."""
     meta = Path(directory) / "metadata.jsonl"
     if not meta.exists():
-        raise DatasetError(
-            f"no kanji dataset at {directory}: build it with `python -m trainables.kanji_data --size N`"
-        )
+        raise DatasetError(f"no kanji dataset at {directory}: build it with `python -m trainables.kanji_data --size N`")
     records = []
     with open(meta, encoding="utf-8") as fh:
         for line in fh:
@@ -296,12 +296,19 @@ class KanjiData:
 
         self.check()
         directory = build_dataset(
-            cache_dir, self.size or resolution, self.caption_template, self.max_chars, self.holdout_percent, progress
+            cache_dir,
+            self.size or resolution,
+            self.caption_template,
+            self.max_chars,
+            self.holdout_percent,
+            progress,
         )
         records = load_records(directory)
         train = [r for r in records if r.split == "train"]
         prompts = kanji_eval_prompts(directory, records, self.n_heldout, self.caption_template)
-        key = cache_key(model, resolution, [f"{directory.name}/{r.file_name}" for r in train], [r.caption for r in train])
+        key = cache_key(
+            model, resolution, [f"{directory.name}/{r.file_name}" for r in train], [r.caption for r in train]
+        )
         cache_file = Path(cache_dir) / "encoded" / f"kanji-{key}.pt"
         pipe = None
         if not cache_file.exists():

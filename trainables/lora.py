@@ -8,6 +8,7 @@ end, to Tune and to the trial's MLflow child run. The final adapter is a diffuse
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -71,7 +72,11 @@ class LoRATrialConfig:
         if not self.lora_alpha > 0:
             _bad("lora_alpha", self.lora_alpha, "use a positive number (alpha = rank gives scale 1)")
         if not self.lora_target_modules:
-            _bad("lora_target_modules", self.lora_target_modules, "name at least one module, e.g. ('to_q', 'to_v')")
+            _bad(
+                "lora_target_modules",
+                self.lora_target_modules,
+                "name at least one module, e.g. ('to_q', 'to_v')",
+            )
         unknown = [m for m in self.lora_target_modules if m not in UNET_LORA_TARGETS]
         if unknown:
             _bad("lora_target_modules", unknown, f"choose from {sorted(UNET_LORA_TARGETS)}")
@@ -188,6 +193,7 @@ def _report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
 def train_lora(config: dict, ctx: TrialContext) -> dict:
     """Train one LoRA on the sweep's encoded data and evaluate it; returns the final metrics."""
     cfg = LoRATrialConfig.from_dict(config)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     device, weight_dtype = _device_and_dtype(cfg)
     out_dir, trial_name = trial_dir(default_name="local")
     name = f"lora-r{cfg.lora_rank}-a{cfg.lora_alpha:g}-{trial_name.rsplit('_', 1)[-1]}"
@@ -213,7 +219,10 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr)
         lr_schedule = get_scheduler(
-            cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=cfg.max_steps,
         )
         scaler = torch.amp.GradScaler(device, enabled=cfg.mixed_precision == "fp16")
         scorers = load_scorers(ctx.scorers, device)

@@ -41,6 +41,7 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components" says nothing to a user
+    _quiet_transformers()
     local = Path(model).expanduser()
     looks_local = local.exists() or model.startswith((".", "/", "~"))
     if looks_local and not (local / "model_index.json").exists():
@@ -55,12 +56,19 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
             safety_checker=None,
             requires_safety_checker=False,
         )
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"cannot load Stable Diffusion model {model!r} ({reason}); download it where the hub is reachable "
             f"(`hf download {model} --local-dir DIR`) and pass --model DIR, or use --preset tiny on CPU"
         ) from err
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
 
 
 # ---------------------------------------------------------------- the real CLIP tokenizer, offline
@@ -110,6 +118,7 @@ def build_tiny_sd(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / "model_index.json").exists():
         return out_dir
+    _quiet_transformers()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
