@@ -63,7 +63,7 @@ def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list
             run_id=run.info.run_id,
             name=run.info.run_name or run.info.run_id[:8],
             kind=run.data.tags.get("sdsweep.kind", "trial"),
-            status=run.info.status,
+            status=_status(run),
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
         )
@@ -72,6 +72,20 @@ def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list
         rows.append(row)
     rows.sort(key=lambda r: r.kind != "baseline")  # stable: trials keep their start order
     return rows
+
+
+def _status(run) -> str:
+    stopped = run.data.tags.get("sdsweep.stopped_early")
+    return f"stopped early ({stopped.removeprefix('by the scheduler at ')})" if stopped else run.info.status
+
+
+def _param_text(value: str) -> str:
+    """Floats drawn by a searcher print with 4 significant digits; everything else as logged."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 8 else f"{number:.4g}"
 
 
 def _download_samples(client, run_id: str, dest: Path) -> dict[str, Path]:
@@ -122,7 +136,9 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for r in rows:
         cells = [r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), r.status]
-        cells += [("none" if r.kind == "baseline" and p == "method" else r.params.get(p, "")) for p in params]
+        cells += [
+            ("none" if r.kind == "baseline" and p == "method" else _param_text(r.params.get(p, ""))) for p in params
+        ]
         for col in metric_cols + extra_cols:
             value = r.metrics.get(col)
             if value is None or not math.isfinite(value):

@@ -165,6 +165,8 @@ def validate_trials(sweep: Sweep, configs: list[dict]) -> list[Any]:
         raise SweepError(f"scheduler={sweep.scheduler!r} is unknown: choose one of {SCHEDULERS}")
     if sweep.mode not in ("min", "max"):
         raise SweepError(f"mode={sweep.mode!r} is not valid: use 'min' or 'max'")
+    if sweep.search_alg == "optuna":
+        _check_optuna_space(sweep.search_space)
     config_cls = TRAINABLES[sweep.trainable][1]
     typed = []
     for i, config in enumerate(configs):
@@ -184,6 +186,24 @@ def validate_trials(sweep: Sweep, configs: list[dict]) -> list[Any]:
     except Exception as err:
         raise SweepError(str(err)) from err
     return typed
+
+
+def _check_optuna_space(space: dict[str, Any]) -> None:
+    from ray.tune.search.sample import Domain, Function
+
+    for key, value in space.items():
+        if isinstance(value, dict) and "grid_search" in value:
+            raise SweepError(
+                f"search_space[{key!r}] is a grid_search, which Optuna cannot take: use tune.choice(...) "
+                "or search_alg='grid'"
+            )
+        if isinstance(value, Function):
+            raise SweepError(
+                f"search_space[{key!r}] is a sample_from function, which Optuna cannot take: sample it as "
+                "its own dimension (e.g. tune.loguniform) or use search_alg='random'"
+            )
+    if not any(isinstance(v, Domain) for v in space.values()):
+        raise SweepError("search_alg='optuna' needs at least one sampled dimension (tune.choice, tune.uniform, ...)")
 
 
 # ---------------------------------------------------------------- MLflow and storage
@@ -258,10 +278,37 @@ def _start_ray(cpus: float):
 def _search_alg(sweep: Sweep, seed: int = 0):
     if sweep.search_alg != "optuna":
         return None  # Tune's variant generator: grid_search expands, sampled dimensions draw at random
+    # OptunaSearch does not inherit metric/mode from TuneConfig when given its own space
+    return _make_eval_optuna_search(metric=sweep.metric, mode=sweep.mode, seed=seed)
+
+
+def _make_eval_optuna_search(**kwargs):
     from ray.tune.search.optuna import OptunaSearch
 
-    # OptunaSearch does not inherit metric/mode from TuneConfig when given its own space
-    return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
+    class EvalOptunaSearch(OptunaSearch):
+        """OptunaSearch that sees only the results carrying its metric.
+
+        Trials report ``train/loss`` between evals; plain OptunaSearch raises KeyError on those. A trial
+        that ends on a loss-only report (stopped by ASHA) is told to Optuna with its last eval score, not
+        as pruned without a value.
+        """
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self._last_scored: dict[str, dict] = {}
+
+        def on_trial_result(self, trial_id: str, result: dict):
+            if self.metric in result:
+                self._last_scored[trial_id] = result
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            last = self._last_scored.pop(trial_id, None)
+            if last is not None and (result is None or self.metric not in result):
+                result = last
+            super().on_trial_complete(trial_id, result, error)
+
+    return EvalOptunaSearch(**kwargs)
 
 
 def _scheduler(sweep: Sweep, max_steps: int, grace: int):
@@ -269,7 +316,10 @@ def _scheduler(sweep: Sweep, max_steps: int, grace: int):
 
     if sweep.scheduler == "asha":
         # rungs on the step count, which every eval report carries
-        return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=max(1, grace), reduction_factor=2)
+        # stop_last_trials=False: a trial that reaches max_t ends by itself, with its final adapter
+        return ASHAScheduler(
+            time_attr="step", max_t=max_steps, grace_period=max(1, grace), reduction_factor=2, stop_last_trials=False
+        )
     return FIFOScheduler()
 
 
@@ -357,6 +407,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         # 5. the trials
         results = _fit(sweep, args, base, replace(context, data=data_ref), resources, storage_path, run_name, trials)
         failed = [r for r in results if r.error]
+        _close_orphan_runs(tracking_uri, experiment_id, parent.info.run_id, results)
         _print_summary(sweep, results, baseline_metrics)
 
         # 6. the report, from MLflow only
@@ -374,7 +425,9 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
 
     print(f"[sdsweep] report: {report}")
     if tracking_uri.startswith("sqlite:"):
-        print(f"[sdsweep] browse the runs: mlflow ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)")
+        print(
+            f"[sdsweep] browse the runs: {_mlflow_cli()} ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)"
+        )
     else:
         print(f"[sdsweep] browse the runs at {tracking_uri}")
     if failed:
@@ -440,6 +493,27 @@ def _trial_context(model, tracking_uri, experiment_id, parent_run_id, prompts, s
     )
 
 
+def _close_orphan_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, results) -> None:
+    """Close the child runs whose trial process ended without closing them: KILLED with a tag when the
+    scheduler stopped the trial early (Tune ends its process at once), FAILED when the trial errored or
+    its process died."""
+    from mlflow.tracking import MlflowClient
+
+    by_trial = {r.metrics.get("trial_id"): r for r in results if r.metrics}
+    client = MlflowClient(tracking_uri)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], query):
+        result = by_trial.get(run.data.tags.get("sdsweep.trial_id"))
+        if result is not None and result.error is None:
+            client.set_tag(
+                run.info.run_id, "sdsweep.stopped_early", f"by the scheduler at step {result.metrics.get('step')}"
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+        else:
+            client.set_tag(run.info.run_id, "sdsweep.error", "the trial process ended without closing its run")
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
 def _get_or_fail(ref, what: str):
     """ray.get, turning a task's exception into one line naming the cause and the fix."""
     import ray
@@ -477,13 +551,25 @@ def _fit(sweep, args, base, context, resources, storage_path, run_name, trials):
     return list(tuner.fit())
 
 
+def _mlflow_cli() -> str:
+    """``mlflow`` if it is on PATH, else the one beside this Python (a venv that is not activated)."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mlflow"
+    if shutil.which("mlflow") or not beside.exists():
+        return "mlflow"
+    return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(beside)
+
+
 def _print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
     keys = [sweep.metric] + sorted(k for k in baseline if k != sweep.metric)
     print(f"\n[sdsweep] results ({sweep.metric}, {sweep.mode} is best)")
     print("  " + "trial".ljust(34) + "".join(k.removeprefix("eval/").rjust(13) for k in keys))
     print("  " + "baseline (no fine-tune)".ljust(34) + "".join(f"{baseline.get(k, float('nan')):13.4f}" for k in keys))
+    swept = [k for k in sweep.search_space]
     for r in results:
-        name = Path(r.path).name[:32] if r.path else "?"
+        config = r.config or {}
+        name = " ".join(f"{k.removeprefix('lora_')}={config.get(k)}" for k in swept)[:32] or Path(r.path).name[:32]
         if r.error:
             print("  " + name.ljust(34) + f"  FAILED: {str(r.error).strip().splitlines()[-1][:120]}")
         else:

@@ -82,3 +82,17 @@ def test_cli_rejects_fp16_without_gpu(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: mixed_precision='fp16' needs a GPU") and "\n" not in err
+
+
+def test_optuna_space_rejects_grid_and_sample_from():
+    from ray import tune
+
+    from sweeps.launcher import Sweep, SweepError, validate_trials
+    from trainables.kanji_data import KanjiData
+
+    grid = Sweep("o", {}, {"lora_rank": tune.grid_search([1, 2])}, KanjiData(), search_alg="optuna")
+    with pytest.raises(SweepError, match=r"search_space\['lora_rank'\] is a grid_search, which Optuna cannot take"):
+        validate_trials(grid, [{"lora_rank": 1}])
+    func = Sweep("o", {}, {"lora_alpha": tune.sample_from(lambda c: 1.0)}, KanjiData(), search_alg="optuna")
+    with pytest.raises(SweepError, match="is a sample_from function"):
+        validate_trials(func, [{}])

@@ -109,3 +109,39 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     rows = json.loads((tmp_path / "reports" / "kanji_broken" / "rows.json").read_text())
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
     encoded.unlink()  # leave no broken cache behind
+
+
+def test_optuna_search_with_asha_stops_and_records(kanji_rank_run, cache, tmp_path):
+    """Optuna draws the trials, ASHA may stop weak ones at the first eval: every trial still ends with a
+    closed MLflow run (FINISHED, or KILLED when stopped early) holding its adapter."""
+    from dataclasses import replace
+
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    sweep = replace(
+        SWEEP,
+        name="kanji_optuna",
+        search_space={"lora_rank": tune.choice([2, 4]), "unet_lr": tune.loguniform(1e-4, 1e-2)},
+        search_alg="optuna",
+        scheduler="asha",
+        metric="eval/clip_t",
+    )
+    code = launch(sweep, [*_args(tmp_path, cache), "--num-samples", "4", "--max-concurrent-trials", "2"])
+
+    assert code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("kanji_optuna")
+    parent = client.search_runs([experiment.experiment_id], "tags.sdsweep.sweep = 'kanji_optuna'")[0]
+    assert parent.data.params["search_alg"] == "optuna" and parent.data.params["scheduler"] == "asha"
+    trials = client.search_runs([experiment.experiment_id], "tags.sdsweep.kind = 'trial'")
+    assert len(trials) == 4
+    assert len({(r.data.params["lora_rank"], r.data.params["unet_lr"]) for r in trials}) == 4  # distinct draws
+    for run in trials:
+        assert run.info.status in {"FINISHED", "KILLED"}
+        assert (run.info.status == "KILLED") == ("sdsweep.stopped_early" in run.data.tags)
+        assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 7  # the latest eval's samples
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [
+            "adapter/pytorch_lora_weights.safetensors"
+        ]
+        assert 1e-4 <= float(run.data.params["unet_lr"]) <= 1e-2

@@ -177,7 +177,11 @@ def _get_data(ctx: TrialContext) -> EncodedDataset:
 
 
 def _report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
-    """To Tune inside a trial; outside one (a direct call in a test) Tune's report is a no-op."""
+    """To Tune inside a trial; outside one (a direct call in a test) Tune's report is a no-op.
+
+    A scheduler (ASHA) stops a trial by exiting from ``tune.report``, and the process ends right after:
+    whatever must survive a stop is written before this call.
+    """
     import warnings
 
     from ray import tune
@@ -195,10 +199,10 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
     cfg = LoRATrialConfig.from_dict(config)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     device, weight_dtype = _device_and_dtype(cfg)
-    out_dir, trial_name = trial_dir(default_name="local")
+    out_dir, trial_name, trial_id = trial_dir(default_name="local")
     name = f"lora-r{cfg.lora_rank}-a{cfg.lora_alpha:g}-{trial_name.rsplit('_', 1)[-1]}"
 
-    with child_run(ctx, run_name=name, kind="trial"):
+    with child_run(ctx, run_name=name, kind="trial", tags={"sdsweep.trial_id": trial_id}):
         import mlflow
 
         mlflow.log_params(cfg.params())
@@ -292,17 +296,18 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
             with torch.autocast(device, dtype=weight_dtype, enabled=cfg.mixed_precision != "no"):
                 scores, images = evaluate(pipe, prompts, scorers, ctx.sampling)
             metrics.update(scores)
-            log_samples(prompts, images, step, final=step == cfg.max_steps)
-            log_metrics(metrics, step)
+            log_samples(prompts, images, step, final=True)  # samples/final: the latest eval's
             with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
-                save_adapter(unet, Path(checkpoint))
+                adapter = save_adapter(unet, Path(checkpoint))
+                metrics["adapter/size_mb"] = adapter.stat().st_size / 2**20
+                # logged before the report: a trial that ASHA stops keeps its last eval's adapter
+                mlflow.log_artifact(str(adapter), artifact_path="adapter")
+                log_metrics(metrics, step)
                 _report(metrics, Path(checkpoint))
             started += time.perf_counter() - eval_started  # train/time_s counts training steps only
 
-        # the final adapter, in the trial directory and in MLflow
-        adapter = save_adapter(unet, out_dir)
-        mlflow.log_artifact(str(adapter), artifact_path="adapter")
-        mlflow.log_metric("adapter/size_mb", adapter.stat().st_size / 2**20)
+        # the final adapter (already in MLflow from the last eval) in the trial directory
+        save_adapter(unet, out_dir)
         if not all(math.isfinite(v) for k, v in metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {metrics}: check the scorer models")
         return metrics

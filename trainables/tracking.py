@@ -37,7 +37,8 @@ class TrialContext:
 
 @contextlib.contextmanager
 def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start an MLflow run nested under the sweep's parent run; mark it FAILED if the body raises.
+    """Start an MLflow run nested under the sweep's parent run; mark it FAILED if the body raises, KILLED
+    if Tune stopped it early.
 
     ``run_id`` in ``tags`` resumes an existing run (a trial restored from its checkpoint).
     """
@@ -54,6 +55,9 @@ def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] 
     )
     try:
         yield run
+    except SystemExit:  # Tune stopped the trial early (a scheduler's decision, not an error)
+        mlflow.end_run(status="KILLED")
+        raise
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
@@ -86,9 +90,9 @@ def slug(text: str) -> str:
     return cleaned or "prompt"
 
 
-def trial_dir(default_name: str) -> tuple[Path, str]:
-    """This trial's directory and name; outside Tune (a direct call) the working directory and
-    ``default_name``."""
+def trial_dir(default_name: str) -> tuple[Path, str, str]:
+    """This trial's directory, name and id; outside Tune (a direct call) the working directory,
+    ``default_name`` and ``"local"``."""
     import warnings
 
     from ray import tune
@@ -96,7 +100,7 @@ def trial_dir(default_name: str) -> tuple[Path, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "get_trial_dir is meant to only be called inside a Tuner"
         context = tune.get_context()
-        directory, name = context.get_trial_dir(), context.get_trial_name()
+        directory, name, trial_id = context.get_trial_dir(), context.get_trial_name(), context.get_trial_id()
     if directory is None:
-        return Path.cwd(), default_name
-    return Path(directory), name
+        return Path.cwd(), default_name, "local"
+    return Path(directory), name, trial_id
