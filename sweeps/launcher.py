@@ -361,6 +361,12 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         )
     cache_dir = Path(args.cache_dir).expanduser().resolve()
     tracking_uri = resolve_tracking_uri(args.mlflow_uri)
+    # RAY_JOB_CONFIG_JSON_ENV_VAR is set by `ray job submit` for its entrypoint
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and tracking_uri.startswith("sqlite:") and not args.mlflow_uri:
+        print(
+            f"[sdsweep] note: MLflow writes to {tracking_uri}, inside this job's temporary copy of the working "
+            "dir; pass --mlflow-uri http://HEAD:5000 (see cluster.yaml) to keep the runs"
+        )
     storage_path = args.storage_path
     if storage_path and "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
@@ -423,7 +429,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
 
-    print(f"[sdsweep] report: {report}")
+    print(f"[sdsweep] report: {report} (also in MLflow run {parent.info.run_id}, artifacts report/)")
     if tracking_uri.startswith("sqlite:"):
         print(
             f"[sdsweep] browse the runs: {_mlflow_cli()} ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)"
