@@ -20,6 +20,7 @@ def test_defaults_are_valid_and_alpha_is_independent_of_rank():
         ("lora_target_modules", ("to_q", "to_qq"), "lora_target_modules=['to_qq'] is not valid: choose from"),
         ("lora_alpha", 0, "lora_alpha=0 is not valid"),
         ("lora_init", "zeros", "lora_init='zeros' is not valid: choose one of"),
+        ("lora_init", "pissa", "lora_init='pissa' is not valid: choose one of ('default', 'gaussian')"),
         ("resolution", 100, "resolution=100 is not valid: use a multiple of 8"),
         ("lr_scheduler", "cosine_restarts", "lr_scheduler='cosine_restarts' is not valid"),
         ("mixed_precision", "fp8", "mixed_precision='fp8' is not valid"),

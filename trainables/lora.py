@@ -32,7 +32,9 @@ UNET_LORA_TARGETS = frozenset(
         "conv1", "conv2", "conv_shortcut", "time_emb_proj",  # resnet blocks
     }
 )  # fmt: skip
-LORA_INITS = ("default", "gaussian", "pissa", "olora")
+# peft inits that leave the base weights untouched, so the saved adapter loads onto the stock model
+# (PiSSA/OLoRA rewrite the base weights and would need a conversion step on save)
+LORA_INITS = ("default", "gaussian")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -81,7 +83,7 @@ class LoRATrialConfig:
         if unknown:
             _bad("lora_target_modules", unknown, f"choose from {sorted(UNET_LORA_TARGETS)}")
         if self.lora_init not in LORA_INITS:
-            _bad("lora_init", self.lora_init, f"choose one of {LORA_INITS}")
+            _bad("lora_init", self.lora_init, f"choose one of {LORA_INITS} (inits that keep the base weights)")
         if not (0 < self.unet_lr < 1):
             _bad("unet_lr", self.unet_lr, "use a learning rate in (0, 1), e.g. 1e-4")
         for name in ("batch_size", "max_steps", "resolution", "eval_every", "log_every"):
