@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True, help="the sweep's MLflow parent run id")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--out", default=None, help="output folder (default reports/<sweep>)")
-    parser.add_argument("--metric", default="eval/clip_t")
-    parser.add_argument("--mode", default="max", choices=("max", "min"))
+    parser.add_argument("--metric", default=None, help="what 'best' means (default: the sweep's, from the parent run)")
+    parser.add_argument("--mode", default=None, choices=("max", "min"))
     args = parser.parse_args(argv)
     import os
 
@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     out = Path(args.out or Path("reports") / parent.data.tags.get("sdsweep.sweep", args.run_id))
-    print(build_report(uri, args.run_id, out, args.metric, args.mode))
+    metric = args.metric or parent.data.params.get("metric", "eval/clip_t")
+    mode = args.mode or parent.data.params.get("mode", "max")
+    print(build_report(uri, args.run_id, out, metric, mode))
     return 0
 
 

@@ -175,6 +175,12 @@ def validate_trials(sweep: Sweep, configs: list[dict]) -> list[Any]:
         except (ValueError, TypeError) as err:
             swept = {k: config.get(k) for k in sweep.search_space}
             raise SweepError(f"trial {i} {swept}: {err}") from err
+    precisions = {c.mixed_precision for c in typed}
+    if len(precisions) > 1:
+        raise SweepError(
+            f"mixed_precision takes {sorted(precisions)} across trials: the baseline is sampled once at the "
+            "trials' precision, so sweep precision in separate launches"
+        )
     resolutions = {c.resolution for c in typed}
     if len(resolutions) > 1:
         raise SweepError(
@@ -186,6 +192,15 @@ def validate_trials(sweep: Sweep, configs: list[dict]) -> list[Any]:
     except Exception as err:
         raise SweepError(str(err)) from err
     return typed
+
+
+def _samples_differ(sweep: Sweep) -> bool:
+    """Whether repeated samples of the space can differ: a sampled dimension, or a searcher that draws."""
+    from ray.tune.search.sample import Domain, Function
+
+    return sweep.search_alg == "optuna" or any(
+        isinstance(v, Domain) and not isinstance(v, Function) for v in sweep.search_space.values()
+    )
 
 
 def _check_optuna_space(space: dict[str, Any]) -> None:
@@ -214,17 +229,32 @@ def resolve_tracking_uri(cli_uri: str | None) -> str:
     in their own working directories)."""
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
     elif "://" not in uri:
         raise SweepError(f"--mlflow-uri {uri} is not a URI MLflow 3 accepts: use sqlite:///path.db or http://host:5000")
     return uri
 
 
 def _experiment_id(name: str, tracking_uri: str) -> str:
+    """The sweep's experiment, created on first use; an unreachable store is a one-line error."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(name)
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"  # fail in seconds here, not after minutes of retries
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SweepError(
+            f"cannot reach MLflow at {tracking_uri} ({reason}): start the server (mlflow server) or pass "
+            "--mlflow-uri sqlite:///mlflow.db"
+        ) from err
+    finally:
+        if retries is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
     if experiment is not None:
         return experiment.experiment_id
     location = None
@@ -351,6 +381,21 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         )
     if args.num_samples < 1:
         raise SweepError(f"--num-samples {args.num_samples}: use 1 or more")
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise SweepError(f"--max-concurrent-trials {args.max_concurrent_trials}: use 1 or more, or leave it out")
+    if args.num_samples > 1 and not _samples_differ(sweep):
+        raise SweepError(
+            f"--num-samples {args.num_samples} would repeat identical trials (nothing in the search space is "
+            "random, seed included): sweep seeds instead, e.g. search_space['seed'] = tune.grid_search([0, 1, 2])"
+        )
+    if gpus > 0 and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise SweepError(
+                f"--preset {args.preset} gives each trial {gpus:g} GPU and this machine has none: use --preset tiny "
+                "on CPU, or submit to a GPU cluster (ray job submit, see cluster.yaml)"
+            )
 
     # 1. every trial's config is checked before anything starts
     base = trial_base_config(sweep, args)
@@ -404,6 +449,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                 mlflow.log_image(prompt.reference, artifact_file=f"references/{i:02d}_{slug(prompt.name)}.png")
         sampling = replace(preset.sampling, resolution=trials[0].resolution)
         context = _trial_context(model, tracking_uri, experiment_id, parent.info.run_id, prompts, sampling, scorers)
+        context = replace(context, mixed_precision=trials[0].mixed_precision)
 
         # 4. the no-fine-tune baseline, same prompts and seeds (also proves model and scorers load)
         baseline = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_baseline)
@@ -543,7 +589,7 @@ def _fit(sweep, args, base, context, resources, storage_path, run_name, trials):
             metric=sweep.metric,
             mode=sweep.mode,
             search_alg=_search_alg(sweep),
-            scheduler=_scheduler(sweep, max_steps, min(t.eval_every for t in trials)),
+            scheduler=_scheduler(sweep, max_steps, min(min(t.eval_every, t.max_steps) for t in trials)),
             num_samples=args.num_samples,
             max_concurrent_trials=args.max_concurrent_trials,
         ),
@@ -552,6 +598,8 @@ def _fit(sweep, args, base, context, resources, storage_path, run_name, trials):
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # the trial directory (its final adapter) goes to --storage-path too, not only checkpoints
+            sync_config=tune.SyncConfig(sync_artifacts=True),
         ),
     )
     return list(tuner.fit())

@@ -97,3 +97,63 @@ def test_optuna_space_rejects_grid_and_sample_from():
     func = Sweep("o", {}, {"lora_alpha": tune.sample_from(lambda c: 1.0)}, KanjiData(), search_alg="optuna")
     with pytest.raises(SweepError, match="is a sample_from function"):
         validate_trials(func, [{}])
+
+
+def test_default_preset_on_a_machine_without_gpu_is_one_line_not_a_hang(capsys):
+    import torch
+
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    assert launch(SWEEP, []) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--preset sd15 gives each trial 1 GPU and this machine has none: use --preset tiny" in err
+    assert "\n" not in err
+
+
+def test_repeating_an_all_fixed_grid_is_refused(capsys):
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    assert launch(SWEEP, ["--preset", "tiny", "--num-samples", "3"]) == 2
+    assert "--num-samples 3 would repeat identical trials" in capsys.readouterr().err
+
+
+def test_precision_cannot_vary_across_trials():
+    from ray import tune
+
+    from sweeps.launcher import Sweep, SweepError, expand_trials, validate_trials
+    from trainables.kanji_data import KanjiData
+
+    sweep = Sweep("mp", {}, {"mixed_precision": tune.grid_search(["no", "bf16"])}, KanjiData())
+    with pytest.raises(SweepError, match="the baseline is sampled once at the trials' precision"):
+        validate_trials(sweep, expand_trials(sweep, {}))
+
+
+def test_tracking_uri_resolution(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from sweeps.launcher import SweepError, resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"  # absolute: trials run elsewhere
+    assert resolve_tracking_uri("sqlite:///runs/x.db") == f"sqlite:///{tmp_path}/runs/x.db"
+    assert resolve_tracking_uri("sqlite:///~/x.db") == f"sqlite:///{Path.home()}/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"  # the flag wins
+    with pytest.raises(SweepError, match="is not a URI MLflow 3 accepts"):
+        resolve_tracking_uri("mlruns")
+
+
+def test_unreachable_mlflow_server_is_one_line(capsys):
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launcher import launch
+
+    code = launch(SWEEP, ["--preset", "tiny", "--mlflow-uri", "http://127.0.0.1:9", "--max-chars", "50"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach MLflow at http://127.0.0.1:9") and "\n" not in err

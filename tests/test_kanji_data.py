@@ -35,6 +35,32 @@ def test_kanjidic_meanings_are_english_and_ordered():
     assert "ア" not in meanings  # katakana: in KanjiVG, not a kanji with meanings
 
 
+def test_one_query_gives_what_the_jamdict_api_gives():
+    import random
+
+    from jamdict import Jamdict
+
+    characters = random.Random(0).sample(sorted(kanjivg_files()), 60)
+    jam = Jamdict()
+    expected = {}
+    for c in characters:
+        entry = jam.kd2.get_char(c)
+        found = tuple(m.strip() for m in entry.meanings(english_only=True) if m.strip()) if entry else ()
+        if found:
+            expected[c] = found
+    assert kanjidic_meanings(characters) == expected and len(expected) > 40
+
+
+def test_held_out_kanji_are_never_trained_on(kanji_dir, tiny_sd, tmp_path):
+    cache = kanji_dir.parents[1]
+    encoded, prompts = KanjiData(max_chars=120, n_heldout=2).prepare(tiny_sd, 64, cache, progress=False)
+    records = load_records(kanji_dir)
+    train = [r for r in records if r.split == "train"]
+    assert len(encoded) == len(train) < len(records)
+    assert not {p.text for p in prompts[:2]} & {r.caption for r in train}
+    assert {p.text for p in prompts[:2]} <= {r.caption for r in records if r.split == "heldout"}
+
+
 def test_dataset_rows_images_and_captions(kanji_dir):
     records = load_records(kanji_dir)
     assert len(records) == 120

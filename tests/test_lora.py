@@ -53,7 +53,7 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
     monkeypatch.chdir(tmp_path)
     config = dict(lora_rank=4, lora_alpha=8.0, max_steps=6, batch_size=2, resolution=64, eval_every=3, log_every=2,
                   unet_lr=1e-3)  # fmt: skip
-    metrics = train_lora(config, context)
+    assert train_lora(config, context) is None  # results go to Tune and MLflow, not a duplicate final report
 
     # the adapter: diffusers-format keys for the UNet attention projections, rank/alpha in its metadata
     adapter = tmp_path / ADAPTER_FILE
@@ -78,12 +78,13 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
     fresh.load_lora_weights(str(tmp_path))
     assert abs(sample(fresh) - before).max() > 1e-4
 
-    # metrics: finite eval scores; MLflow: one FINISHED child run with params, history, images and adapter
-    assert all(math.isfinite(metrics[k]) for k in ("eval/clip_t", "eval/clip_i", "eval/dino", "eval/glyph_iou"))
+    # MLflow: one FINISHED child run with params, finite scores, history, images and the adapter
     client = mlflow.MlflowClient(context.tracking_uri)
     runs = client.search_runs([context.experiment_id], f"tags.mlflow.parentRunId = '{context.parent_run_id}'")
     assert len(runs) == 1
     run = runs[0]
+    metrics = run.data.metrics
+    assert all(math.isfinite(metrics[k]) for k in ("eval/clip_t", "eval/clip_i", "eval/dino", "eval/glyph_iou"))
     assert run.info.status == "FINISHED" and run.info.run_name == "lora-r4-a8-local"
     assert run.data.params["lora_rank"] == "4" and run.data.params["method"] == "lora"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 3, 4, 6]
@@ -138,3 +139,47 @@ def test_eval_prompts_sample_the_same_images_for_the_same_seeds(tiny_sd, tiny_sc
     import numpy as np
 
     assert np.array_equal(np.asarray(together[1]), np.asarray(alone[0]))  # seeds independent of batching
+
+
+def test_training_never_runs_the_vae_encoder_and_text_encoder_only_for_eval(context, tmp_path, monkeypatch):
+    """Latents and caption embeddings come from the sweep's one-off encoding: the VAE encoder never runs in
+    a trial, and the text encoder runs only to encode eval prompts (prompt + negative, per eval)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("a trial ran the VAE encoder")
+
+    calls = []
+    forward = CLIPTextModel.forward
+    monkeypatch.setattr(AutoencoderKL, "encode", no_encode)
+    monkeypatch.setattr(CLIPTextModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    monkeypatch.chdir(tmp_path)
+    train_lora(dict(max_steps=8, batch_size=2, resolution=64, eval_every=4, log_every=4), context)
+    evals, batches = 2, math.ceil(len(context.eval_prompts) / context.sampling.batch_size)
+    assert len(calls) == evals * batches * 2
+
+
+def test_v_prediction_models_train_on_the_velocity(tiny_sd, context, tmp_path, monkeypatch):
+    import json
+    import shutil
+    from dataclasses import replace
+
+    model = tmp_path / "tiny-v"
+    shutil.copytree(tiny_sd, model)
+    config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    (model / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({**config, "prediction_type": "v_prediction"})
+    )
+    from diffusers import DDPMScheduler
+
+    seen = []
+    velocity = DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: seen.append(1) or velocity(self, *a))
+    monkeypatch.chdir(tmp_path)
+    train_lora(dict(max_steps=2, batch_size=2, resolution=64, eval_every=2), replace(context, model=str(model)))
+    assert len(seen) == 2  # one velocity target per step
+    run = mlflow.MlflowClient(context.tracking_uri).search_runs([context.experiment_id], "tags.sdsweep.kind = 'trial'")[
+        0
+    ]
+    assert math.isfinite(run.data.metrics["train/loss"])

@@ -17,7 +17,9 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
     with child_run(ctx, run_name="baseline", kind="baseline"):
         mlflow.log_params({"method": "none", "model": ctx.model})
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(ctx.model, torch_dtype=torch.float16 if device == "cuda" else None).to(device)
+        # the trials' precision, so an adapter that changes nothing scores exactly as the baseline
+        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[ctx.mixed_precision]
+        pipe = load_pipeline(ctx.model).to(device, dtype if device == "cuda" else torch.float32)
         pipe.set_progress_bar_config(disable=True)
         scorers = load_scorers(ctx.scorers, device)
         prompts = list(ctx.eval_prompts)

@@ -92,7 +92,7 @@ def kanjidic_meanings(characters: Iterable[str]) -> dict[str, tuple[str, ...]]:
         rows = db.execute(
             "SELECT c.literal, m.value FROM character c"
             " JOIN rm_group g ON g.cid = c.ID JOIN meaning m ON m.gid = g.ID"
-            " WHERE m.m_lang = '' OR m.m_lang IS NULL ORDER BY c.ID, g.ID, m.rowid"
+            " WHERE m.m_lang = '' ORDER BY c.ID, g.ID, m.rowid"
         )
         for character, value in rows:
             if character in wanted and value and value.strip():

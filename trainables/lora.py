@@ -196,8 +196,8 @@ def _report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
 # ---------------------------------------------------------------- the trial
 
 
-def train_lora(config: dict, ctx: TrialContext) -> dict:
-    """Train one LoRA on the sweep's encoded data and evaluate it; returns the final metrics."""
+def train_lora(config: dict, ctx: TrialContext) -> None:
+    """Train one LoRA on the sweep's encoded data and evaluate it; results go to Tune and MLflow."""
     cfg = LoRATrialConfig.from_dict(config)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     device, weight_dtype = _device_and_dtype(cfg)
@@ -295,8 +295,8 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
                 continue
             eval_started = time.perf_counter()
             unet.eval()
-            with torch.autocast(device, dtype=weight_dtype, enabled=cfg.mixed_precision != "no"):
-                scores, images = evaluate(pipe, prompts, scorers, ctx.sampling)
+            # as the baseline: the pipeline in weight_dtype, no autocast (peft casts around the fp32 LoRA)
+            scores, images = evaluate(pipe, prompts, scorers, ctx.sampling)
             metrics.update(scores)
             log_samples(prompts, images, step, final=True)  # samples/final: the latest eval's
             with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
@@ -312,4 +312,3 @@ def train_lora(config: dict, ctx: TrialContext) -> dict:
         save_adapter(unet, out_dir)
         if not all(math.isfinite(v) for k, v in metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {metrics}: check the scorer models")
-        return metrics

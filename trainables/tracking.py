@@ -32,6 +32,7 @@ class TrialContext:
     sampling: SamplingConfig
     scorers: ScorerSpec
     data: Any = None  # EncodedDataset, or a Ray ObjectRef to one
+    mixed_precision: str = "no"  # the trials' precision; the baseline samples at the same one on GPU
     tags: dict[str, str] = field(default_factory=dict)
 
 
