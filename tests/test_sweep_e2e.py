@@ -82,18 +82,22 @@ def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
 def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_path):
     """A corrupt encoded cache (NaN latents) fails every trial at step 1: the sweep still finishes,
     keeps its baseline, records the failed trials, writes the report and exits 1."""
+    import shutil
     from dataclasses import replace
 
     from sweeps.kanji_rank import SWEEP
     from sweeps.launcher import launch
 
-    (encoded,) = list((cache / "encoded").glob("kanji-*.pt"))
+    broken_cache = shutil.copytree(cache, tmp_path / "cache")  # break a copy, never the shared cache
+    (encoded,) = list((broken_cache / "encoded").glob("kanji-*.pt"))
     state = torch.load(encoded, weights_only=True)
     state["latent_mean"] = state["latent_mean"] * float("nan")
     torch.save(state, encoded)
     sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])})
 
-    code = launch(sweep, _args(tmp_path, cache))
+    # the same model path as the first sweep, so the copied encoding is found by its key and reused
+    model = str(cache / "models" / "tiny-sd")
+    code = launch(sweep, [*_args(tmp_path, broken_cache), "--model", model])
 
     assert code == 1
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
