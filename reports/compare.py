@@ -184,8 +184,14 @@ def render_metrics_plot(client, rows: list[ReportRow], out_file: Path) -> None:
     import matplotlib.pyplot as plt
 
     metric_cols = [m for m in HIGHER_IS_BETTER if any(m in r.metrics for r in rows)]
-    fig, axes = plt.subplots(1, 1 + len(metric_cols), figsize=(4 * (1 + len(metric_cols)), 3.5), squeeze=False)
-    ax = axes[0][0]
+    panels = 1 + len(metric_cols)
+    ncols = min(4, panels)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[panels:]:
+        ax.axis("off")
+    ax = flat[0]
     for r in rows:
         if r.kind != "trial":
             continue
@@ -197,7 +203,7 @@ def render_metrics_plot(client, rows: list[ReportRow], out_file: Path) -> None:
     if ax.lines:
         ax.legend(fontsize=6)
     for i, col in enumerate(metric_cols, start=1):
-        ax = axes[0][i]
+        ax = flat[i]
         names = [r.name[:12] for r in rows]
         values = [r.metrics.get(col, float("nan")) for r in rows]
         ax.bar(range(len(rows)), values, color=["grey" if r.kind == "baseline" else "tab:blue" for r in rows])
@@ -260,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default=None, choices=("max", "min"))
     args = parser.parse_args(argv)
     import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
     from mlflow.tracking import MlflowClient
