@@ -266,19 +266,26 @@ def _experiment_id(name: str, tracking_uri: str) -> str:
 # ---------------------------------------------------------------- Ray
 
 
+# environment for the driver and, through Ray's runtime_env, for every task and trial process
+_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # our trials report train/loss between evals; results without eval/* are expected, not an error
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+}
+
+
 def _quiet_libraries() -> None:
     """Keep the console to what a person needs: progress, results, errors."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # our trials report train/loss between evals; results without eval/* are expected, not an error
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     for name in ("mlflow", "huggingface_hub", "httpx", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -288,12 +295,7 @@ def _quiet_libraries() -> None:
 def _start_ray(cpus: float):
     import ray
 
-    env = {
-        k: os.environ[k]
-        for k in ("TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY",
-                  "DIFFUSERS_VERBOSITY", "PYTHONWARNINGS", "RAY_USAGE_STATS_ENABLED",
-                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    }  # fmt: skip
+    env = {k: os.environ[k] for k in _QUIET_ENV}  # a user's own settings win over the defaults
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
     else:

@@ -6,7 +6,7 @@ import torch
 
 from eval.evaluate import evaluate
 from eval.scorers import load_scorers
-from trainables.models import load_pipeline
+from trainables.models import PRECISION_DTYPES, load_pipeline
 from trainables.tracking import TrialContext, child_run, log_metrics, log_samples
 
 
@@ -18,7 +18,7 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
         mlflow.log_params({"method": "none", "model": ctx.model})
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # the trials' precision, so an adapter that changes nothing scores exactly as the baseline
-        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[ctx.mixed_precision]
+        dtype = PRECISION_DTYPES[ctx.mixed_precision]
         pipe = load_pipeline(ctx.model).to(device, dtype if device == "cuda" else torch.float32)
         pipe.set_progress_bar_config(disable=True)
         scorers = load_scorers(ctx.scorers, device)

@@ -20,7 +20,7 @@ import torch
 from eval.evaluate import evaluate
 from eval.scorers import load_scorers
 from trainables.encoding import EncodedDataset
-from trainables.models import load_pipeline
+from trainables.models import PRECISION_DTYPES, load_pipeline
 from trainables.tracking import TrialContext, child_run, log_metrics, log_samples, trial_dir
 
 # Names of UNet submodules a LoRA may wrap (SD 1.x / 2.x UNet2DConditionModel)
@@ -128,7 +128,7 @@ def _device_and_dtype(cfg: LoRATrialConfig) -> tuple[str, torch.dtype]:
             f"mixed_precision={cfg.mixed_precision!r} needs a GPU and this trial has none: "
             "give trials a GPU (--gpus-per-trial 1) or set mixed_precision='no'"
         )
-    return device, {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    return device, PRECISION_DTYPES[cfg.mixed_precision]
 
 
 def _add_lora(unet, cfg: LoRATrialConfig) -> list[torch.nn.Parameter]:

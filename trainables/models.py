@@ -26,6 +26,10 @@ _SD15_SCHEDULE = dict(
 )
 
 
+# mixed_precision setting -> the dtype the frozen model runs in (trials and the baseline alike)
+PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class ModelLoadError(RuntimeError):
     """A model whose weights cannot be loaded; the message names it and how to point at a local copy."""
 
