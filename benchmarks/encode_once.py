@@ -1,11 +1,11 @@
 """Benchmark: encode the training set once vs. run the frozen encoders every training step.
 
 The project encodes every training image with the frozen VAE and every caption with the frozen text
-encoder once (``trainables.encoding.encode_dataset``); each LoRA step then draws latents from the cached
+encoder once (``trainables.data.encoding.encode_dataset``); each LoRA step then draws latents from the cached
 posterior (``EncodedDataset.sample_latents``) and indexes the cached ``text_embeds``. The naive way (as
 diffusers' training scripts do) runs ``vae.encode`` and the text encoder on every batch. This script times
 both training loops side by side in one process on the tiny random SD (``build_tiny_sd``) with a LoRA on
-the UNet's attention projections (``trainables.lora._add_lora``), on rendered KanjiVG glyphs.
+the UNet's attention projections (``trainables.common.lora.add_lora``), on rendered KanjiVG glyphs.
 
 Both loops share everything else (noise, timesteps, UNet forward/backward, clipping, AdamW step) and the
 batch order. Pixel tensors and token ids are prepared once for the naive loop, so only the frozen
@@ -31,9 +31,9 @@ if __package__ in (None, ""):  # run as a script: make the repo's packages impor
 
 import torch
 
-from trainables.encoding import encode_dataset, image_to_tensor
-from trainables.kanji_data import kanjivg_files, render_glyph
-from trainables.lora import LoRATrialConfig, _add_lora
+from trainables.common.lora import add_lora
+from trainables.data.encoding import encode_dataset, image_to_tensor
+from trainables.data.kanji import kanjivg_files, render_glyph
 from trainables.models import build_tiny_sd, load_pipeline
 
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_step(unet, optimizer, params, scheduler, latents, text, generator) -> None:
-    """One LoRA step as trainables/lora.py takes it (float32, epsilon target)."""
+    """One LoRA step as trainables/methods/lora.py takes it (float32, epsilon target)."""
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, latents.shape[:1], generator=generator)
     prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, text).sample
@@ -79,10 +79,9 @@ def main(argv=None) -> int:
     vae, text_encoder, tokenizer, unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False).eval()
-    cfg = LoRATrialConfig(resolution=args.resolution, batch_size=args.batch_size, max_steps=args.steps)
-    params = _add_lora(unet, cfg)
+    params = add_lora(unet, 4, 4.0, ("to_q", "to_k", "to_v", "to_out.0"))
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # cached: the project's one-off encoding (after an untimed warm-up batch; median of 3), then lookups
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
     naive_name, cached_name = timings
     mean = {name: statistics.fmean(t) for name, t in timings.items()}
     median = {name: statistics.median(t) for name, t in timings.items()}
-    lora = f"LoRA r{cfg.lora_rank} on {','.join(cfg.lora_target_modules)}"
+    lora = "LoRA r4 on to_q,to_k,to_v,to_out.0"
     print(f"encode once vs. every step: tiny SD, {lora}, {args.resolution} px, batch {args.batch_size}, "
           f"{args.images} images, {args.steps} timed steps (+{args.warmup} warm-up each), "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip

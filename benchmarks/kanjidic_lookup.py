@@ -1,6 +1,6 @@
 """Benchmark: KANJIDIC2 meanings for every KanjiVG character, one SQL query vs. one jamdict lookup each.
 
-``trainables.kanji_data.kanjidic_meanings`` reads jamdict's KANJIDIC2 tables in one query; the documented
+``trainables.data.kanji.kanjidic_meanings`` reads jamdict's KANJIDIC2 tables in one query; the documented
 way is ``Jamdict().kd2.get_char(c).meanings(english_only=True)`` per character. Both are timed on the same
 characters and checked to give the same meanings.
 
@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repo's packages impor
 
 from jamdict import Jamdict
 
-from trainables.kanji_data import kanjidic_meanings, kanjivg_files
+from trainables.data.kanji import kanjidic_meanings, kanjivg_files
 
 
 def per_character(characters: list[str]) -> dict[str, tuple[str, ...]]:

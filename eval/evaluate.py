@@ -6,7 +6,8 @@ trials and the no-fine-tune baseline are compared on identical noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -17,12 +18,37 @@ from eval.scorers import Scorers
 
 @dataclass(frozen=True)
 class EvalPrompt:
-    """One eval prompt: ``name`` labels it in grids and artifact names, ``reference`` is its ground truth."""
+    """One eval prompt: ``name`` labels it in grids and artifact names, ``reference`` is its own ground truth.
+
+    ``score_text`` is what CLIP-T compares the image with when it differs from ``text`` (the DreamBooth
+    protocol drops the identifier: "a sks dog in the jungle" is scored against "a dog in the jungle").
+    ``group`` "plain" marks prompts without the trigger word (scored as ``eval/*_plain``).
+    """
 
     name: str
     text: str
     seed: int
     reference: Image.Image | None = None
+    score_text: str | None = None
+    group: str = "main"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The prompts of a sweep, the images every sample is compared with, and the metrics that apply."""
+
+    prompts: tuple[EvalPrompt, ...]
+    references: tuple[Image.Image, ...] = ()  # subject photos: clip_i/dino over all (sample, reference) pairs
+    metrics: tuple[str, ...] = ("eval/clip_t", "eval/clip_score")
+
+    def with_word(self, old: str | None, new: str) -> EvalSet:
+        """The same set with the whole word ``old`` replaced by ``new`` in every prompt text (a textual
+        inversion trial puts its placeholder token where the others have the identifier)."""
+        if not old or old == new:
+            return self
+        pattern = re.compile(rf"(?<![\w<>]){re.escape(old)}(?![\w<>])")
+        prompts = tuple(replace(p, text=pattern.sub(new, p.text)) for p in self.prompts)
+        return replace(self, prompts=prompts)
 
 
 @dataclass(frozen=True)
@@ -55,43 +81,78 @@ def sample_images(pipe, prompts: list[EvalPrompt], cfg: SamplingConfig) -> list[
     return images
 
 
-def score_images(images: list[Image.Image], prompts: list[EvalPrompt], scorers: Scorers) -> dict[str, float]:
-    """All eval metrics for ``images[i]`` sampled from ``prompts[i]``.
+def score_images(
+    images: list[Image.Image],
+    prompts: list[EvalPrompt],
+    scorers: Scorers,
+    metrics: tuple[str, ...] | None = None,
+    references: tuple[Image.Image, ...] = (),
+) -> dict[str, float]:
+    """The eval metrics for ``images[i]`` sampled from ``prompts[i]``; ``metrics`` limits which (default all
+    that the inputs allow).
 
-    Returns ``eval/clip_t`` and ``eval/clip_score`` (every prompt), ``eval/glyph_purity`` (every prompt),
-    and, over prompts with a reference image, ``eval/clip_i``, ``eval/dino`` and ``eval/glyph_iou``.
+    - ``eval/clip_t``, ``eval/clip_score``: each image against its prompt's ``score_text``, over "main"
+      prompts; ``eval/clip_t_plain`` / ``eval/clip_score_plain`` the same over "plain" prompts.
+    - ``eval/clip_i``, ``eval/dino``: with ``references``, the mean cosine over all pairs of (main-prompt
+      image, reference), as DreamBooth; otherwise each image against its own prompt's ``reference``,
+      averaged over the prompts that have one.
+    - ``eval/glyph_purity`` (every image), ``eval/glyph_iou`` (prompts with a reference).
+
     Cosines are raw (in [-1, 1]); CLIPScore is in [0, 2.5]; purity and IoU are fractions in [0, 1].
     """
     if len(images) != len(prompts) or not images:
         raise ValueError(f"need one image per prompt, got {len(images)} images for {len(prompts)} prompts")
+    wanted = set(metrics) if metrics is not None else None
+
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    out: dict[str, float] = {}
     image_clip = scorers.clip.embed_images(images)
-    text_clip = scorers.clip.embed_texts([p.text for p in prompts])
-    metrics = {
-        "eval/clip_t": clip_t_score(image_clip, text_clip),
-        "eval/clip_score": clip_score(image_clip, text_clip),
-        "eval/glyph_purity": sum(glyph_purity(img) for img in images) / len(images),
-    }
+    text_clip = scorers.clip.embed_texts([p.score_text or p.text for p in prompts])
+    for group, suffix in (("main", ""), ("plain", "_plain")):
+        rows = [i for i, p in enumerate(prompts) if p.group == group]
+        if rows and want(f"eval/clip_t{suffix}"):
+            out[f"eval/clip_t{suffix}"] = clip_t_score(image_clip[rows], text_clip[rows])
+        if rows and want(f"eval/clip_score{suffix}"):
+            out[f"eval/clip_score{suffix}"] = clip_score(image_clip[rows], text_clip[rows])
+    if want("eval/glyph_purity"):
+        out["eval/glyph_purity"] = _mean(glyph_purity(img) for img in images)
+
+    main = [i for i, p in enumerate(prompts) if p.group == "main"]
+    if references and main and (want("eval/clip_i") or want("eval/dino")):
+        refs = list(references)
+        if want("eval/clip_i"):
+            out["eval/clip_i"] = mean_pairwise_cosine(image_clip[main], scorers.clip.embed_images(refs))
+        if want("eval/dino"):
+            gen_dino = scorers.dino.embed_images([images[i] for i in main])
+            out["eval/dino"] = mean_pairwise_cosine(gen_dino, scorers.dino.embed_images(refs))
+        return out
+
     with_ref = [i for i, p in enumerate(prompts) if p.reference is not None]
     if with_ref:
         refs = [prompts[i].reference for i in with_ref]
         gens = [images[i] for i in with_ref]
-        ref_clip, ref_dino = scorers.clip.embed_images(refs), scorers.dino.embed_images(refs)
-        gen_dino = scorers.dino.embed_images(gens)
-        # each generated image against its own prompt's ground truth, averaged over prompts
-        metrics["eval/clip_i"] = _mean(
-            mean_pairwise_cosine(image_clip[i : i + 1], ref_clip[k : k + 1]) for k, i in enumerate(with_ref)
-        )
-        metrics["eval/dino"] = _mean(
-            mean_pairwise_cosine(gen_dino[k : k + 1], ref_dino[k : k + 1]) for k in range(len(with_ref))
-        )
-        metrics["eval/glyph_iou"] = _mean(glyph_iou(g, r) for g, r in zip(gens, refs, strict=True))
-    return metrics
+        if want("eval/clip_i"):  # each generated image against its own prompt's ground truth
+            ref_clip = scorers.clip.embed_images(refs)
+            out["eval/clip_i"] = _mean(
+                mean_pairwise_cosine(image_clip[i : i + 1], ref_clip[k : k + 1]) for k, i in enumerate(with_ref)
+            )
+        if want("eval/dino"):
+            ref_dino, gen_dino = scorers.dino.embed_images(refs), scorers.dino.embed_images(gens)
+            out["eval/dino"] = _mean(
+                mean_pairwise_cosine(gen_dino[k : k + 1], ref_dino[k : k + 1]) for k in range(len(with_ref))
+            )
+        if want("eval/glyph_iou"):
+            out["eval/glyph_iou"] = _mean(glyph_iou(g, r) for g, r in zip(gens, refs, strict=True))
+    return out
 
 
-def evaluate(pipe, prompts: list[EvalPrompt], scorers: Scorers, cfg: SamplingConfig):
-    """Sample every prompt once and score the samples: returns ``(metrics, images)``."""
+def evaluate(pipe, eval_set: EvalSet, scorers: Scorers, cfg: SamplingConfig):
+    """Sample every prompt of ``eval_set`` once and score the samples: returns ``(metrics, images)``."""
+    prompts = list(eval_set.prompts)
     images = sample_images(pipe, prompts, cfg)
-    return score_images(images, prompts, scorers), images
+    return score_images(images, prompts, scorers, eval_set.metrics, eval_set.references), images
 
 
 def _mean(values) -> float:

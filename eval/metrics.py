@@ -6,6 +6,8 @@ Every score is a plain float.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
@@ -83,3 +85,44 @@ def glyph_iou(generated: Image.Image, reference: Image.Image, threshold: float =
 def _check_pairs(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"need two [N, D] tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+# ---------------------------------------------------------------- the table every part reads
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One metric: its name as logged, which direction is better, its range and the data kinds it applies to."""
+
+    name: str
+    better: str  # "max" or "min"
+    range: str
+    kinds: tuple[str, ...]
+    what: str
+
+
+_ALL = ("kanji", "subject", "captioned")
+METRICS: dict[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo("eval/clip_t", "max", "[-1, 1]", _ALL,
+                   "cosine between each image and its prompt (identifier or trigger word removed)"),
+        MetricInfo("eval/clip_score", "max", "[0, 2.5]", _ALL, "CLIPScore, mean of 2.5 * max(cos, 0)"),
+        MetricInfo("eval/clip_i", "max", "[-1, 1]", ("kanji", "subject"),
+                   "CLIP image cosine with the reference images (kanji: its own glyph; subject: all pairs)"),
+        MetricInfo("eval/dino", "max", "[-1, 1]", ("kanji", "subject"),
+                   "the same with DINO ViT-S/16 (CLS token), the DreamBooth paper's subject fidelity"),
+        MetricInfo("eval/glyph_purity", "max", "[0, 1]", ("kanji",), "share of pixels near white or near black"),
+        MetricInfo("eval/glyph_iou", "max", "[0, 1]", ("kanji",), "ink IoU with the held-out glyph"),
+        MetricInfo("eval/clip_t_plain", "max", "[-1, 1]", ("captioned",),
+                   "clip_t on the same prompts without the trigger word (how much the style leaks)"),
+        MetricInfo("eval/clip_score_plain", "max", "[0, 2.5]", ("captioned",),
+                   "CLIPScore on the prompts without the trigger word"),
+        MetricInfo("train/loss", "min", "[0, inf)", _ALL, "mean diffusion loss since the last report"),
+    )
+}  # fmt: skip
+
+
+def metrics_for(kind: str) -> tuple[str, ...]:
+    """The ``eval/*`` metrics that apply to a data kind, in table order."""
+    return tuple(m.name for m in METRICS.values() if kind in m.kinds and m.name.startswith("eval/"))

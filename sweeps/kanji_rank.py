@@ -16,12 +16,13 @@ if __package__ in (None, ""):  # run as a script: make the repo's packages impor
 
 from ray import tune
 
-from sweeps.launcher import Sweep, launch
-from trainables.kanji_data import KanjiData
+from sweeps.launch import Sweep, launch
+from trainables.data.kanji import KanjiData
 
 SWEEP = Sweep(
     name="kanji_rank",
     base_config={
+        "method": "lora",
         "lora_target_modules": ("to_q", "to_k", "to_v", "to_out.0"),
         "lr_scheduler": "constant",
         "seed": 0,

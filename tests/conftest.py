@@ -45,6 +45,6 @@ def tiny_scorers(tiny_scorer_spec):
 @pytest.fixture(scope="session")
 def kanji_dir(tmp_path_factory) -> Path:
     """A small real kanji dataset (first 120 characters, 64 px) rendered from KanjiVG + KANJIDIC2."""
-    from trainables.kanji_data import build_dataset
+    from trainables.data.kanji import build_dataset
 
     return build_dataset(tmp_path_factory.mktemp("kanji-cache"), size=64, max_chars=120, progress=False)

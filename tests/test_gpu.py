@@ -41,7 +41,7 @@ def _weights_args():
 
 def test_sd15_short_sweep_on_real_weights(tmp_path):
     from sweeps.kanji_rank import SWEEP
-    from sweeps.launcher import launch
+    from sweeps.launch import launch
 
     sweep = replace(SWEEP, search_space={**SWEEP.search_space, "lora_rank": tune.grid_search([1, 4])})
     code = launch(sweep, ["--preset", "sd15", "--max-steps", "30", "--max-chars", "400",

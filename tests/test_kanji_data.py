@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.kanji_data import (
+from trainables.data.kanji import (
     _STROKE_NUMBERS,
     DatasetError,
     KanjiData,
@@ -53,7 +53,10 @@ def test_one_query_gives_what_the_jamdict_api_gives():
 
 def test_held_out_kanji_are_never_trained_on(kanji_dir, tiny_sd, tmp_path):
     cache = kanji_dir.parents[1]
-    encoded, prompts = KanjiData(max_chars=120, n_heldout=2).prepare(tiny_sd, 64, cache, progress=False)
+    prepared = KanjiData(max_chars=120, n_heldout=2).prepare(tiny_sd, 64, cache, progress=False)
+    encoded, prompts = prepared.train, prepared.eval.prompts
+    assert prepared.kind == "kanji" and "eval/glyph_iou" in prepared.eval.metrics
+    assert encoded.input_ids.shape == (len(encoded.captions), 77)  # token ids for text-encoder training
     records = load_records(kanji_dir)
     train = [r for r in records if r.split == "train"]
     assert len(encoded) == len(train) < len(records)
@@ -126,7 +129,7 @@ def test_eval_prompts_hold_out_glyphs_and_novel_concepts(kanji_dir):
 
 
 def test_corrupt_image_names_file_and_fix(kanji_dir, tmp_path):
-    from trainables.kanji_data import KanjiRecord, load_image
+    from trainables.data.kanji import KanjiRecord, load_image
 
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"cannot read .*bad.png .*delete .* and run the sweep again"):

@@ -1,4 +1,5 @@
-"""The LoRA trainable, called directly (no Tune): adapter file, its keys and scale, MLflow records, NaN."""
+"""The lora method through the one trainable, called directly (no Tune): adapter file, its keys and scale,
+MLflow records, NaN."""
 
 import math
 
@@ -7,12 +8,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from eval.evaluate import EvalPrompt, SamplingConfig
-from trainables.encoding import EncodedDataset, encode_dataset
-from trainables.kanji_data import kanji_eval_prompts, load_image, load_records
-from trainables.lora import ADAPTER_FILE, LoRATrialConfig, TrialError, _add_lora, save_adapter, train_lora
+from eval.evaluate import EvalPrompt, EvalSet, SamplingConfig
+from eval.metrics import metrics_for
+from trainables.common.config import TrialError
+from trainables.common.lora import ADAPTER_FILE, add_lora, save_lora
+from trainables.common.tracking import TrialContext
+from trainables.data.base import PreparedData
+from trainables.data.encoding import EncodedDataset, encode_dataset
+from trainables.data.kanji import kanji_eval_prompts, load_image, load_records
 from trainables.models import load_pipeline
-from trainables.tracking import TrialContext
+from trainables.run_trial import run_trial
+
+
+def train_lora(config, ctx):
+    return run_trial({"method": "lora", **config}, ctx)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +41,10 @@ def context(tmp_path, tiny_sd, tiny_scorer_spec, kanji_dir, encoded):
     with mlflow.start_run(experiment_id=experiment) as parent:
         pass
     prompts = kanji_eval_prompts(kanji_dir, load_records(kanji_dir), n_heldout=2)
+    eval_set = EvalSet(tuple(prompts), (), metrics_for("kanji"))
     return TrialContext(
-        tiny_sd, uri, experiment, parent.info.run_id, tuple(prompts),
-        SamplingConfig(steps=3, resolution=64), tiny_scorer_spec, encoded,
+        tiny_sd, uri, experiment, parent.info.run_id, eval_set,
+        SamplingConfig(steps=3, resolution=64), tiny_scorer_spec, PreparedData("kanji", encoded, eval_set),
     )  # fmt: skip
 
 
@@ -42,7 +52,7 @@ def test_encoding_once_matches_the_vae(tiny_sd, kanji_dir, encoded):
     assert encoded.latent_mean.shape == (32, 4, 32, 32) and encoded.text_embeds.shape[1:] == (77, 32)
     pipe = load_pipeline(tiny_sd)
     record = [r for r in load_records(kanji_dir) if r.split == "train"][0]
-    from trainables.encoding import image_to_tensor
+    from trainables.data.encoding import image_to_tensor
 
     with torch.no_grad():
         mean = pipe.vae.encode(image_to_tensor(load_image(kanji_dir, record), 64)[None]).latent_dist.mean
@@ -90,18 +100,18 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 3, 4, 6]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [3, 6]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/final")}
-    assert len(artifacts) == len(context.eval_prompts)
+    assert len(artifacts) == len(context.eval.prompts)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [f"adapter/{ADAPTER_FILE}"]
 
 
 def test_adapter_reloads_with_the_trained_scale(tiny_sd, tmp_path):
     """alpha != rank: the saved metadata must restore scale alpha/rank, or the reloaded UNet differs."""
     pipe = load_pipeline(tiny_sd)
-    params = _add_lora(pipe.unet, LoRATrialConfig(lora_rank=2, lora_alpha=16.0))
+    params = add_lora(pipe.unet, 2, 16.0, ("to_q", "to_k", "to_v", "to_out.0"))
     torch.manual_seed(0)
     for p in params:
         p.data.normal_(0, 0.05)  # non-zero lora_B so the adapter does something
-    save_adapter(pipe.unet, tmp_path)
+    save_lora(pipe.unet, tmp_path)
     fresh = load_pipeline(tiny_sd)
     fresh.load_lora_weights(str(tmp_path))
     x, t, text = torch.randn(1, 4, 32, 32), torch.tensor([10]), torch.randn(1, 77, 32)
@@ -111,13 +121,15 @@ def test_adapter_reloads_with_the_trained_scale(tiny_sd, tmp_path):
 
 def test_nan_loss_fails_the_trial_with_a_fix_and_marks_its_run(context, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = context.data
-    broken = EncodedDataset(data.latent_mean * float("nan"), data.latent_std, data.text_embeds,
-                            data.caption_index, data.scaling_factor)  # fmt: skip
     from dataclasses import replace
 
+    data = context.data.train
+    broken = replace(data, latent_mean=data.latent_mean * float("nan"))
+
     with pytest.raises(TrialError, match=r"train/loss became nan at step 1: lower unet_lr \(now 0.0001\)"):
-        train_lora(dict(max_steps=3, resolution=64, batch_size=2), replace(context, data=broken))
+        train_lora(
+            dict(max_steps=3, resolution=64, batch_size=2), replace(context, data=replace(context.data, train=broken))
+        )
     runs = mlflow.MlflowClient(context.tracking_uri).search_runs([context.experiment_id], "tags.sdsweep.kind = 'trial'")
     assert [r.info.status for r in runs] == ["FAILED"]
 
@@ -156,7 +168,7 @@ def test_training_never_runs_the_vae_encoder_and_text_encoder_only_for_eval(cont
     monkeypatch.setattr(CLIPTextModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     monkeypatch.chdir(tmp_path)
     train_lora(dict(max_steps=8, batch_size=2, resolution=64, eval_every=4, log_every=4), context)
-    evals, batches = 2, math.ceil(len(context.eval_prompts) / context.sampling.batch_size)
+    evals, batches = 2, math.ceil(len(context.eval.prompts) / context.sampling.batch_size)
     assert len(calls) == evals * batches * 2
 
 

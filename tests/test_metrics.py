@@ -62,7 +62,7 @@ def test_iou_all_white_is_zero_and_identical_is_one():
 
 
 def test_scores_of_images_equal_to_their_references(tiny_scorers, kanji_dir):
-    from trainables.kanji_data import load_image, load_records
+    from trainables.data.kanji import load_image, load_records
 
     records = load_records(kanji_dir)[:3]
     glyphs = [load_image(kanji_dir, r) for r in records]

@@ -25,7 +25,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kanji_rank_run(tmp_path_factory, cache):
     from sweeps.kanji_rank import SWEEP
-    from sweeps.launcher import launch
+    from sweeps.launch import launch
 
     tmp_path = tmp_path_factory.mktemp("kanji-rank")
     code = launch(SWEEP, _args(tmp_path, cache))
@@ -74,7 +74,7 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
 def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
     _, tmp_path = kanji_rank_run
     checkpoints = list(
-        (tmp_path / "ray").glob("kanji_rank-*/train_lora_*/checkpoint_*/pytorch_lora_weights.safetensors")
+        (tmp_path / "ray").glob("kanji_rank-*/run_trial_*/checkpoint_*/pytorch_lora_weights.safetensors")
     )
     assert len(checkpoints) == 5  # num_to_keep=1: the last eval's adapter per trial, in Tune's storage
 
@@ -86,7 +86,7 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     from dataclasses import replace
 
     from sweeps.kanji_rank import SWEEP
-    from sweeps.launcher import launch
+    from sweeps.launch import launch
 
     broken_cache = shutil.copytree(cache, tmp_path / "cache")  # break a copy, never the shared cache
     (encoded,) = list((broken_cache / "encoded").glob("kanji-*.pt"))
@@ -120,7 +120,7 @@ def test_optuna_search_with_asha_stops_and_records(kanji_rank_run, cache, tmp_pa
     from dataclasses import replace
 
     from sweeps.kanji_rank import SWEEP
-    from sweeps.launcher import launch
+    from sweeps.launch import launch
 
     sweep = replace(
         SWEEP,

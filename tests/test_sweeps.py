@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.launcher import PRESETS, expand_trials, parse_args, trial_base_config, validate_trials
+from sweeps.launch import PRESETS
+from sweeps.launch.cli import parse_args
+from sweeps.launch.expand import expand_trials, validate_trials, with_preset
 
+# experiments only: the shared machinery lives in sweeps/launch/
 SWEEP_FILES = sorted(
-    p.stem
-    for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.py")
-    if p.stem not in {"__init__", "launcher"}
+    p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.py") if p.stem != "__init__"
 )
 
 
@@ -23,7 +24,8 @@ def test_there_are_sweeps():
 def test_sweep_expands_to_valid_trials(name, preset):
     sweep = importlib.import_module(f"sweeps.{name}").SWEEP
     args = parse_args(["--preset", preset], sweep)
-    trials = validate_trials(sweep, expand_trials(sweep, trial_base_config(sweep, args)))
+    sweep = with_preset(sweep, PRESETS[preset], args)
+    trials = validate_trials(sweep, expand_trials(sweep, args))
     assert trials, f"{name} expands to no trial"
     assert sweep.name == name
 
@@ -32,8 +34,9 @@ def test_kanji_rank_grid_sets_alpha_per_trial():
     from sweeps.kanji_rank import SWEEP
 
     args = parse_args(["--preset", "tiny", "--max-steps", "7"], SWEEP)
-    trials = validate_trials(SWEEP, expand_trials(SWEEP, trial_base_config(SWEEP, args)))
-    assert [t.lora_rank for t in trials] == [1, 4, 8, 16, 64]
-    assert [t.lora_alpha for t in trials] == [1.0, 4.0, 8.0, 16.0, 64.0]
-    assert {t.max_steps for t in trials} == {7}
-    assert {t.resolution for t in trials} == {64}
+    trials = validate_trials(SWEEP, expand_trials(SWEEP, args))
+    assert [t.spec.lora_rank for t in trials] == [1, 4, 8, 16, 64]
+    assert [t.spec.lora_alpha for t in trials] == [1.0, 4.0, 8.0, 16.0, 64.0]
+    assert {t.train.max_steps for t in trials} == {7}
+    assert {t.train.resolution for t in trials} == {64}
+    assert {t.spec.unet_lr for t in trials} == {1e-3}  # the tiny preset's rate for lora

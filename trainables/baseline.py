@@ -6,8 +6,9 @@ import torch
 
 from eval.evaluate import evaluate
 from eval.scorers import load_scorers
-from trainables.models import PRECISION_DTYPES, load_pipeline
-from trainables.tracking import TrialContext, child_run, log_metrics, log_samples
+from trainables.common.config import PRECISION_DTYPES
+from trainables.common.tracking import TrialContext, child_run, log_metrics, log_samples
+from trainables.models import load_pipeline
 
 
 def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
@@ -22,8 +23,7 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
         pipe = load_pipeline(ctx.model).to(device, dtype if device == "cuda" else torch.float32)
         pipe.set_progress_bar_config(disable=True)
         scorers = load_scorers(ctx.scorers, device)
-        prompts = list(ctx.eval_prompts)
-        metrics, images = evaluate(pipe, prompts, scorers, ctx.sampling)
+        metrics, images = evaluate(pipe, ctx.eval, scorers, ctx.sampling)
         log_metrics(metrics, step=0)
-        log_samples(prompts, images, step=0, final=True)
+        log_samples(list(ctx.eval.prompts), images, step=0, final=True)
         return metrics

@@ -26,10 +26,6 @@ _SD15_SCHEDULE = dict(
 )
 
 
-# mixed_precision setting -> the dtype the frozen model runs in (trials and the baseline alike)
-PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 class ModelLoadError(RuntimeError):
     """A model whose weights cannot be loaded; the message names it and how to point at a local copy."""
 
@@ -66,6 +62,13 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
             f"cannot load Stable Diffusion model {model!r} ({reason}); download it where the hub is reachable "
             f"(`hf download {model} --local-dir DIR`) and pass --model DIR, or use --preset tiny on CPU"
         ) from err
+
+
+def load_for_training(model: str, device: str, dtype: torch.dtype):
+    """The base pipeline on ``device`` in ``dtype``, progress bars off (a trial samples it at every eval)."""
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
 
 
 def _quiet_transformers() -> None:

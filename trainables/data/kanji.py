@@ -3,8 +3,8 @@
 The dataset is rendered once into a cache directory in the Hugging Face imagefolder convention
 (``metadata.jsonl`` beside the PNGs) and reused by every trial and every later sweep.
 
-    python -m trainables.kanji_data --size 256            # build (or reuse) the full cache
-    python -m trainables.kanji_data --size 64 --max-chars 50
+    python -m trainables.data.kanji --size 256            # build (or reuse) the full cache
+    python -m trainables.data.kanji --size 64 --max-chars 50
 
 KanjiVG (CC BY-SA 3.0) and KANJIDIC2 (CC BY-SA 4.0, EDRDG): see NOTICE.
 """
@@ -20,14 +20,16 @@ import sqlite3
 import sys
 from collections.abc import Iterable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
-from eval.evaluate import EvalPrompt
+from eval.evaluate import EvalPrompt, EvalSet
+from eval.metrics import metrics_for
+from trainables.data.base import DatasetError, PreparedData
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sdsweep"
 DEFAULT_CAPTION_TEMPLATE = 'kanji meaning "{meanings}"'
@@ -49,10 +51,6 @@ class KanjiRecord:
     meanings: tuple[str, ...]
     caption: str
     split: str  # "train" or "heldout"
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be built or read; the message says what to do."""
 
 
 # ---------------------------------------------------------------- sources
@@ -210,7 +208,7 @@ def load_records(directory: Path) -> list[KanjiRecord]:
     """Read ``metadata.jsonl`` of a built dataset."""
     meta = Path(directory) / "metadata.jsonl"
     if not meta.exists():
-        raise DatasetError(f"no kanji dataset at {directory}: build it with `python -m trainables.kanji_data --size N`")
+        raise DatasetError(f"no kanji dataset at {directory}: build it with `python -m trainables.data.kanji --size N`")
     records = []
     with open(meta, encoding="utf-8") as fh:
         for line in fh:
@@ -271,6 +269,8 @@ def kanji_eval_prompts(
 class KanjiData:
     """The kanji experiment's data: rendered once, encoded once per model and resolution, shared by trials."""
 
+    kind = "kanji"  # a class attribute, not a field: the data kind every part keys on
+
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
     max_chars: int | None = None  # None = all ~6.4k characters with English meanings
     n_heldout: int = 8  # held-out kanji among the eval prompts (plus the novel concepts)
@@ -285,13 +285,21 @@ class KanjiData:
         if self.n_heldout < 0:
             raise DatasetError(f"n_heldout={self.n_heldout} is not valid: use 0 or more")
 
-    def prepare(self, model: str, resolution: int, cache_dir: Path, progress: bool = True):
-        """Build (or reuse) the dataset, encode its train split with ``model``'s frozen VAE and text
-        encoder (or reuse the cached encoding), and make the eval prompts.
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--max-chars", type=int, help="kanji data: use only the first N kanji (overrides the preset)"
+        )
 
-        Returns ``(EncodedDataset, list[EvalPrompt])``.
-        """
-        from trainables.encoding import cache_key, encode_dataset
+    def with_cli_args(self, args: argparse.Namespace) -> KanjiData:
+        if getattr(args, "max_chars", None) is not None:
+            return replace(self, max_chars=args.max_chars)
+        return self
+
+    def prepare(self, model: str, resolution: int, cache_dir: Path, progress: bool = True) -> PreparedData:
+        """Build (or reuse) the dataset, encode its train split with ``model``'s frozen VAE and text
+        encoder (or reuse the cached encoding), and make the eval prompts."""
+        from trainables.data.encoding import cache_key, encode_dataset
         from trainables.models import load_pipeline
 
         self.check()
@@ -324,7 +332,7 @@ class KanjiData:
             cache_file=cache_file,
             progress=progress,
         )
-        return encoded, prompts
+        return PreparedData(kind=self.kind, train=encoded, eval=EvalSet(tuple(prompts), (), metrics_for(self.kind)))
 
 
 def main(argv: list[str] | None = None) -> int:

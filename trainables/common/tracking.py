@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.evaluate import EvalPrompt, SamplingConfig
+from eval.evaluate import EvalPrompt, EvalSet, SamplingConfig
 from eval.scorers import ScorerSpec
 
 
@@ -28,12 +28,22 @@ class TrialContext:
     tracking_uri: str  # absolute MLflow tracking URI
     experiment_id: str
     parent_run_id: str
-    eval_prompts: tuple[EvalPrompt, ...]
+    eval: EvalSet  # prompts with seeds, reference images, the metrics that apply to the data kind
     sampling: SamplingConfig
     scorers: ScorerSpec
-    data: Any = None  # EncodedDataset, or a Ray ObjectRef to one
+    data: Any = None  # trainables.data.base.PreparedData, or a Ray ObjectRef to one
     mixed_precision: str = "no"  # the trials' precision; the baseline samples at the same one on GPU
+    num_class_images: int = 100  # class images per prior-preservation set when a trial does not say
     tags: dict[str, str] = field(default_factory=dict)
+
+    def prepared(self):
+        """The sweep's prepared data (fetched from Ray's object store when it is a reference)."""
+        data = self.data
+        if data is not None and type(data).__name__ == "ObjectRef":
+            import ray
+
+            data = ray.get(data)
+        return data
 
 
 @contextlib.contextmanager

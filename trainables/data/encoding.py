@@ -23,9 +23,11 @@ class EncodedDataset:
 
     latent_mean: torch.Tensor  # [N, C, h, w], float16
     latent_std: torch.Tensor  # [N, C, h, w], float16
-    text_embeds: torch.Tensor  # [K, 77, D], float16
+    text_embeds: torch.Tensor  # [K, 77, D], float16: the frozen text encoder's output per unique caption
     caption_index: torch.Tensor  # [N], long: image i uses text_embeds[caption_index[i]]
     scaling_factor: float
+    input_ids: torch.Tensor  # [K, 77], long: the token ids, for methods that train the text encoder
+    captions: list[str]  # the K unique captions, in text_embeds order
 
     def __len__(self) -> int:
         return self.latent_mean.shape[0]
@@ -47,9 +49,20 @@ def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
+# bump when the encoded file's contents change, so stale caches are rebuilt rather than misread
+ENCODING_VERSION = 2
+
+
 def cache_key(model: str, resolution: int, image_ids: list[str], captions: list[str]) -> str:
-    blob = json.dumps([model, resolution, image_ids, captions], ensure_ascii=False)
+    blob = json.dumps([ENCODING_VERSION, model, resolution, image_ids, captions], ensure_ascii=False)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids ``[len(texts), 77]``, padded and truncated as Stable Diffusion's pipelines do."""
+    return tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 @torch.no_grad()
@@ -87,15 +100,10 @@ def encode_dataset(
 
     unique = sorted(set(captions))
     position = {c: i for i, c in enumerate(unique)}
+    input_ids = tokenize(tokenizer, unique)
     embeds = []
     for start in range(0, len(unique), batch_size * 4):
-        tokens = tokenizer(
-            unique[start : start + batch_size * 4],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        tokens = input_ids[start : start + batch_size * 4].to(device)
         embeds.append(text_encoder(tokens)[0].half().cpu())
 
     encoded = EncodedDataset(
@@ -104,6 +112,8 @@ def encode_dataset(
         text_embeds=torch.cat(embeds),
         caption_index=torch.tensor([position[c] for c in captions], dtype=torch.long),
         scaling_factor=float(vae.config.scaling_factor),
+        input_ids=input_ids,
+        captions=unique,
     )
     if cache_file is not None:
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,299 @@
+"""The launch: checks, models, Ray, the parent MLflow run, data once, the baseline, the trials, the report.
+
+A sweep file declares a :class:`~sweeps.launch.spec.Sweep` and calls :func:`launch`. Everything a trial
+needs besides its settings travels in a :class:`~trainables.common.tracking.TrialContext`, with absolute
+paths and URIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from eval.scorers import ScorerSpec
+from sweeps.launch.cli import parse_args
+from sweeps.launch.expand import expand_trials, optuna_space, samples_differ, validate_trials, with_preset
+from sweeps.launch.parent_run import (
+    close_orphan_runs,
+    describe,
+    experiment_id,
+    mlflow_cli,
+    print_summary,
+    resolve_tracking_uri,
+)
+from sweeps.launch.ray_env import QUIET_ENV, get_or_fail, quiet_libraries, start_ray
+from sweeps.launch.search import scheduler, search_alg
+from sweeps.launch.spec import PRESETS, Preset, Sweep, SweepError
+from trainables.common.tracking import slug
+from trainables.registry import METHODS, TrialConfig
+
+
+def launch(sweep: Sweep, argv: list[str] | None = None) -> int:
+    """Run the sweep from the command line; returns the process exit code."""
+    args = parse_args(argv, sweep)
+    quiet_libraries()
+    try:
+        return _launch(sweep, args)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
+    sweep = with_preset(sweep, preset, args)
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
+    _check_flags(sweep, args, cpus, gpus)
+
+    # 1. every trial's config is checked before anything starts
+    configs = expand_trials(sweep, args, 1 if sweep.search_alg == "optuna" else args.num_samples)
+    trials = validate_trials(sweep, configs)
+    if gpus == 0 and any(t.train.mixed_precision != "no" for t in trials):
+        raise SweepError(
+            "mixed_precision='fp16' needs a GPU but trials get none: pass --gpus-per-trial 1, or --preset tiny on CPU"
+        )
+    cache_dir = Path(args.cache_dir).expanduser().resolve()
+    tracking_uri = resolve_tracking_uri(args.mlflow_uri)
+    # RAY_JOB_CONFIG_JSON_ENV_VAR is set by `ray job submit` for its entrypoint
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and tracking_uri.startswith("sqlite:") and not args.mlflow_uri:
+        print(
+            f"[sdsweep] note: MLflow writes to {tracking_uri}, inside this job's temporary copy of the working "
+            "dir; pass --mlflow-uri http://HEAD:5000 (see cluster.yaml) to keep the runs"
+        )
+    storage_path = args.storage_path
+    if storage_path and "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+
+    # 2. models: the tiny preset builds its random models from config, once, into the cache
+    model, scorers = _models(args, preset, cache_dir)
+
+    import mlflow
+    import ray
+
+    exp_id = experiment_id(sweep.name, tracking_uri)
+    run_name = f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    start_ray(cpus)
+    resources = {"cpu": cpus, "gpu": gpus}
+    parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={"sdsweep.sweep": sweep.name})
+    methods = sorted({t.method for t in trials})
+    n_trials = len(trials) if sweep.search_alg != "optuna" else args.num_samples
+    print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
+    print(f"[sdsweep] MLflow run {parent.info.run_id} in {tracking_uri}")
+    try:
+        mlflow.log_params(
+            {
+                "sweep": sweep.name, "preset": args.preset, "model": model, "methods": ",".join(methods),
+                "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
+                "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
+                "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+            }
+        )  # fmt: skip
+        mlflow.log_dict(
+            {"base_config": sweep.base_config, "arms": [describe(a) for a in sweep.all_arms()], "trials": configs},
+            "sweep.json",
+        )
+
+        # 3. data: built once, encoded once with the frozen VAE/text encoder, class images generated once
+        class_sets = _class_set_requests(trials, preset)
+        prepare = ray.remote(num_returns=2, num_cpus=cpus, num_gpus=gpus, max_retries=0)(_prepare)
+        sampling = replace(preset.sampling, resolution=trials[0].train.resolution)
+        data_ref, eval_ref = prepare.remote(
+            sweep.data, model, trials[0].train.resolution, cache_dir, class_sets, sampling
+        )
+        eval_set = get_or_fail(eval_ref, "preparing the data")
+        _log_references(eval_set)
+        context = _trial_context(model, tracking_uri, exp_id, parent.info.run_id, eval_set, sampling, scorers)
+        context = replace(context, mixed_precision=trials[0].train.mixed_precision,
+                          num_class_images=preset.num_class_images)  # fmt: skip
+
+        # 4. the no-fine-tune baseline, same prompts and seeds (also proves model and scorers load)
+        baseline = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_baseline)
+        print(f"[sdsweep] evaluating the baseline (no fine-tune) on {len(eval_set.prompts)} prompts")
+        baseline_metrics = get_or_fail(baseline.remote(context), "evaluating the baseline")
+
+        # 5. the trials
+        results = _fit(sweep, args, configs, replace(context, data=data_ref), resources, storage_path, run_name,
+                       trials)  # fmt: skip
+        failed = [r for r in results if r.error]
+        close_orphan_runs(tracking_uri, exp_id, parent.info.run_id, results)
+        print_summary(sweep, results, baseline_metrics)
+
+        # 6. the report, from MLflow only
+        from reports.compare import build_report
+
+        report_dir = Path(args.report_dir).expanduser().resolve() / sweep.name
+        report = build_report(tracking_uri, parent.info.run_id, report_dir, sweep.metric, sweep.mode)
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
+        mlflow.end_run(status="FAILED" if failed and len(failed) == len(results) else "FINISHED")
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        ray.shutdown()
+
+    print(f"[sdsweep] report: {report} (also in MLflow run {parent.info.run_id}, artifacts report/)")
+    if tracking_uri.startswith("sqlite:"):
+        print(
+            f"[sdsweep] browse the runs: {mlflow_cli()} ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)"
+        )
+    else:
+        print(f"[sdsweep] browse the runs at {tracking_uri}")
+    if failed:
+        print(f"[sdsweep] {len(failed)} of {len(results)} trials failed; their errors are above and in MLflow")
+        return 1
+    return 0
+
+
+def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: float) -> None:
+    if cpus <= 0 or gpus < 0:
+        raise SweepError(
+            f"--cpus-per-trial {cpus} / --gpus-per-trial {gpus}: use cpus > 0 (fractions allowed), gpus >= 0"
+        )
+    if args.num_samples < 1:
+        raise SweepError(f"--num-samples {args.num_samples}: use 1 or more")
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise SweepError(f"--max-concurrent-trials {args.max_concurrent_trials}: use 1 or more, or leave it out")
+    if args.num_samples > 1 and not samples_differ(sweep):
+        raise SweepError(
+            f"--num-samples {args.num_samples} would repeat identical trials (nothing in the search space is "
+            "random, seed included): sweep seeds instead, e.g. search_space['seed'] = tune.grid_search([0, 1, 2])"
+        )
+    if gpus > 0 and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise SweepError(
+                f"--preset {args.preset} gives each trial {gpus:g} GPU and this machine has none: use --preset tiny "
+                "on CPU, or submit to a GPU cluster (ray job submit, see cluster.yaml)"
+            )
+
+
+def _class_set_requests(trials: list[TrialConfig], preset: Preset) -> list[tuple[str | None, int]]:
+    """The distinct prior-preservation sets the trials need: (class prompt or None for the data's, count)."""
+    wanted = set()
+    for t in trials:
+        if METHODS[t.method].uses_class_images(t.spec):
+            wanted.add((t.spec.class_prompt, t.spec.num_class_images or preset.num_class_images))
+    return sorted(wanted, key=lambda k: (k[0] or "", k[1]))
+
+
+def _models(args, preset: Preset, cache_dir: Path) -> tuple[str, ScorerSpec]:
+    from eval.scorers import build_tiny_clip, build_tiny_dino
+    from trainables.models import build_tiny_sd
+
+    tiny_dir = cache_dir / "models"
+    if args.model:
+        model = args.model
+        if Path(model).expanduser().exists():
+            model = str(Path(model).expanduser().resolve())
+    elif preset.model is None:
+        model = str(build_tiny_sd(tiny_dir / "tiny-sd"))
+    else:
+        model = preset.model
+    if preset.scorers is None:
+        size = preset.sampling.resolution
+        scorers = ScorerSpec(
+            build_tiny_clip(tiny_dir / f"tiny-clip-{size}", size),
+            None,
+            str(build_tiny_dino(tiny_dir / f"tiny-dino-{size}", size)),
+        )
+    else:
+        scorers = preset.scorers
+    if args.clip_model or args.clip_pretrained or args.dino_model:
+        scorers = ScorerSpec(
+            args.clip_model or scorers.clip_model,
+            args.clip_pretrained if args.clip_pretrained else (None if args.clip_model else scorers.clip_pretrained),
+            args.dino_model or scorers.dino_model,
+        )
+    return model, scorers
+
+
+def _prepare(data, model: str, resolution: int, cache_dir: Path, class_sets, sampling):
+    """One Ray task: the data kind's preparation, then the class images every prior-preservation trial
+    shares. Returns ``(PreparedData, EvalSet)`` so the driver fetches only the small second part."""
+    quiet_libraries()
+    from trainables.data.class_images import add_class_sets
+
+    prepared = data.prepare(model, resolution, cache_dir)
+    add_class_sets(prepared, class_sets, model, resolution, cache_dir, sampling)
+    return prepared, prepared.eval
+
+
+def _baseline(context):
+    quiet_libraries()
+    from trainables.baseline import evaluate_baseline
+
+    return evaluate_baseline(context)
+
+
+def _log_references(eval_set) -> None:
+    """Ground truth beside the samples, for the report's grid: per-prompt references, or the subject photos."""
+    import mlflow
+
+    for i, prompt in enumerate(eval_set.prompts):
+        if prompt.reference is not None:
+            mlflow.log_image(prompt.reference, artifact_file=f"references/{i:02d}_{slug(prompt.name)}.png")
+    for i, image in enumerate(eval_set.references):
+        mlflow.log_image(image, artifact_file=f"references/subject/{i:02d}.png")
+
+
+def _trial_context(model, tracking_uri, exp_id, parent_run_id, eval_set, sampling, scorers):
+    from trainables.common.tracking import TrialContext
+
+    return TrialContext(
+        model=model,
+        tracking_uri=tracking_uri,
+        experiment_id=exp_id,
+        parent_run_id=parent_run_id,
+        eval=eval_set,
+        sampling=sampling,
+        scorers=scorers,
+    )
+
+
+def _fit(sweep, args, configs, context, resources, storage_path, run_name, trials):
+    from ray import tune
+
+    from trainables.run_trial import run_trial
+
+    if sweep.search_alg == "optuna":
+        param_space, num_samples = optuna_space(sweep, args), args.num_samples
+    else:  # exactly the configs validated above, in order
+        param_space, num_samples = {"trial": tune.grid_search(configs)}, 1
+    max_steps = max(t.train.max_steps for t in trials)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=search_alg(sweep),
+            scheduler=scheduler(sweep, max_steps, min(min(t.train.eval_every, t.train.max_steps) for t in trials)),
+            num_samples=num_samples,
+            max_concurrent_trials=args.max_concurrent_trials,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # the trial directory (its final files) goes to --storage-path too, not only checkpoints
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+        ),
+    )
+    return list(tuner.fit())
+
+
+def _trial_name(trial) -> str:
+    """``run_trial_<id>``: short, and the same in Tune's table, its folders and the MLflow run names."""
+    return f"run_trial_{trial.trial_id}"
+
+
+__all__ = ["QUIET_ENV", "launch"]

@@ -1,0 +1,110 @@
+"""The sweep's MLflow side: tracking URI, experiment, closing what trials left open, the console summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweeps.launch.spec import Sweep, SweepError
+
+
+def resolve_tracking_uri(cli_uri: str | None) -> str:
+    """--mlflow-uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db; sqlite paths made absolute (trials run
+    in their own working directories)."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
+    elif "://" not in uri:
+        raise SweepError(f"--mlflow-uri {uri} is not a URI MLflow 3 accepts: use sqlite:///path.db or http://host:5000")
+    return uri
+
+
+def experiment_id(name: str, tracking_uri: str) -> str:
+    """The sweep's experiment, created on first use; an unreachable store is a one-line error."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"  # fail in seconds here, not after minutes of retries
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SweepError(
+            f"cannot reach MLflow at {tracking_uri} ({reason}): start the server (mlflow server) or pass "
+            "--mlflow-uri sqlite:///mlflow.db"
+        ) from err
+    finally:
+        if retries is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:"):  # artifacts beside the database, as an absolute path
+        location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def close_orphan_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, results) -> None:
+    """Close the child runs whose trial process ended without closing them: KILLED with a tag when the
+    scheduler stopped the trial early (Tune ends its process at once), FAILED when the trial errored or
+    its process died."""
+    from mlflow.tracking import MlflowClient
+
+    by_trial = {r.metrics.get("trial_id"): r for r in results if r.metrics}
+    client = MlflowClient(tracking_uri)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], query):
+        result = by_trial.get(run.data.tags.get("sdsweep.trial_id"))
+        if result is not None and result.error is None:
+            client.set_tag(
+                run.info.run_id, "sdsweep.stopped_early", f"by the scheduler at step {result.metrics.get('step')}"
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+        else:
+            client.set_tag(run.info.run_id, "sdsweep.error", "the trial process ended without closing its run")
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def mlflow_cli() -> str:
+    """``mlflow`` if it is on PATH, else the one beside this Python (a venv that is not activated)."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mlflow"
+    if shutil.which("mlflow") or not beside.exists():
+        return "mlflow"
+    return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(beside)
+
+
+def trial_label(settings: dict[str, Any], varied: list[str], with_method: bool) -> str:
+    """A short name from the swept settings: ``rank=8 alpha=8.0``, or ``dreambooth with_prior_preservation=True``."""
+    parts = [str(settings.get("method"))] if with_method else []
+    parts += [f"{k.removeprefix('lora_')}={settings[k]}" for k in varied if k != "method" and k in settings]
+    return " ".join(parts)
+
+
+def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
+    from trainables.registry import trial_settings
+
+    keys = [sweep.metric] + sorted(k for k in baseline if k != sweep.metric)
+    arms = sweep.all_arms()
+    varied = list(dict.fromkeys(k for arm in arms for k in arm))
+    with_method = len(arms) > 1 or "method" in varied
+    print(f"\n[sdsweep] results ({sweep.metric}, {sweep.mode} is best)")
+    print("  " + "trial".ljust(44) + "".join(k.removeprefix("eval/").rjust(13) for k in keys))
+    print("  " + "baseline (no fine-tune)".ljust(44) + "".join(f"{baseline.get(k, float('nan')):13.4f}" for k in keys))
+    for r in results:
+        name = trial_label(trial_settings(r.config or {}), varied, with_method)[:42] or Path(r.path).name[:42]
+        if r.error:
+            print("  " + name.ljust(44) + f"  FAILED: {str(r.error).strip().splitlines()[-1][:120]}")
+        else:
+            print("  " + name.ljust(44) + "".join(f"{r.metrics.get(k, float('nan')):13.4f}" for k in keys))
+
+
+def describe(space: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v, default=repr) if not hasattr(v, "domain_str") else v.domain_str for k, v in space.items()}

@@ -1,0 +1,60 @@
+"""Ray for a sweep: a quiet environment for every process, start or connect, one-line task errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from sweeps.launch.spec import SweepError
+
+# environment for the driver and, through Ray's runtime_env, for every task and trial process
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # our trials report train/loss between evals; results without eval/* are expected, not an error
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+}
+
+
+def quiet_libraries() -> None:
+    """Keep the console to what a person needs: progress, results, errors."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in ("mlflow", "huggingface_hub", "httpx", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def start_ray(cpus: float):
+    import ray
+
+    env = {k: os.environ[k] for k in QUIET_ENV}  # a user's own settings win over the defaults
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            log_to_driver=True,
+        )
+
+
+def get_or_fail(ref, what: str):
+    """ray.get, turning a task's exception into one line naming the cause and the fix."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause if getattr(err, "cause", None) is not None else err
+        raise SweepError(f"{what} failed: {cause}") from err

@@ -1,0 +1,231 @@
+"""What every recipe's training loop does the same way, as functions and two small objects it calls.
+
+- :class:`BatchCursor`: shuffled batches of indices, a new order each epoch.
+- :func:`noisy_latents` and :func:`diffusion_loss`: the noise, timesteps and target of one step, and the
+  loss with DreamBooth's prior-preservation term.
+- :class:`Stepper`: optimizer, fp16 loss scaling, gradient clipping and learning-rate schedule.
+- :class:`TrialRecorder`: the log/eval/checkpoint cadence, with files written before Tune hears of them.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from trainables.common.config import PRECISION_DTYPES, TrainArgs, TrialError
+from trainables.common.session import report
+from trainables.common.tracking import log_metrics, log_samples
+
+
+def device_and_dtype(args: TrainArgs) -> tuple[str, torch.dtype]:
+    """The trial's device and the dtype its frozen weights run in; half precision needs a GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and args.mixed_precision != "no":
+        raise TrialError(
+            f"mixed_precision={args.mixed_precision!r} needs a GPU and this trial has none: "
+            "give trials a GPU (--gpus-per-trial 1) or set mixed_precision='no'"
+        )
+    return device, PRECISION_DTYPES[args.mixed_precision]
+
+
+class BatchCursor:
+    """Batches of indices into ``n`` items: each epoch a new permutation from ``generator``. A batch larger
+    than the set spans epochs (5 subject photos at batch 8 is valid)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        if n < 1:
+            raise TrialError("the training set is empty: check the sweep's data")
+        self.n, self.generator = n, generator
+        self.order = torch.randperm(n, generator=generator)
+        self.position = 0
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        parts, wanted = [], batch_size
+        while wanted:
+            if self.position == self.n:
+                self.order, self.position = torch.randperm(self.n, generator=self.generator), 0
+            take = min(wanted, self.n - self.position)
+            parts.append(self.order[self.position : self.position + take])
+            self.position += take
+            wanted -= take
+        return torch.cat(parts)
+
+
+def noisy_latents(latents: torch.Tensor, noise_scheduler, generator: torch.Generator):
+    """Noise drawn on the CPU from ``generator`` (same on any device), random timesteps, and the target the
+    model learns: the noise, or the velocity for v-prediction models. Returns ``(noisy, timesteps, target)``."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+    ).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noisy, timesteps, noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noisy, timesteps, noise
+
+
+def diffusion_loss(
+    prediction: torch.Tensor, target: torch.Tensor, with_prior: bool = False, prior_loss_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean squared error of the prediction, in float32.
+
+    With ``with_prior`` the batch is instance rows followed by as many class rows (DreamBooth's prior
+    preservation): ``loss = mse(instance) + prior_loss_weight * mse(class)``, and both terms are returned
+    as ``train/instance_loss`` and ``train/prior_loss``.
+    """
+    prediction, target = prediction.float(), target.float()
+    if not with_prior:
+        return torch.nn.functional.mse_loss(prediction, target), {}
+    pred_instance, pred_prior = prediction.chunk(2, dim=0)
+    target_instance, target_prior = target.chunk(2, dim=0)
+    instance = torch.nn.functional.mse_loss(pred_instance, target_instance)
+    prior = torch.nn.functional.mse_loss(pred_prior, target_prior)
+    return instance + prior_loss_weight * prior, {"train/instance_loss": instance, "train/prior_loss": prior}
+
+
+def make_optimizer(param_groups: list[dict], args: TrainArgs, device: str) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups`` (each with its own ``lr``), in the variant ``args.optimizer`` names."""
+    if args.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise TrialError(
+                "optimizer='adamw_8bit' needs bitsandbytes: `pip install bitsandbytes` on the GPU nodes, "
+                "or use optimizer='adamw'"
+            ) from err
+        return bnb.optim.AdamW8bit(param_groups)
+    if args.optimizer == "adamw_fused" and device != "cuda":
+        raise TrialError("optimizer='adamw_fused' needs a CUDA GPU and this trial has none: use optimizer='adamw'")
+    return torch.optim.AdamW(param_groups, fused=True if args.optimizer == "adamw_fused" else None)
+
+
+class Stepper:
+    """One optimizer step per batch: scale (fp16), backward, unscale, clip, step, schedule."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], args: TrainArgs,
+                 device: str):  # fmt: skip
+        from diffusers.optimization import get_scheduler
+
+        self.optimizer, self.params, self.max_grad_norm = optimizer, params, args.max_grad_norm
+        self.scaler = torch.amp.GradScaler(device, enabled=args.mixed_precision == "fp16")
+        self.schedule = get_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_steps
+        )
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)  # frees gradient memory between steps
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+
+    @property
+    def lr(self) -> float:
+        return self.schedule.get_last_lr()[0]
+
+
+def check_finite(loss: torch.Tensor, step: int, fix: str) -> None:
+    """Fail the trial (not the sweep) on a NaN or infinite loss, saying what to change."""
+    if not torch.isfinite(loss):
+        raise TrialError(f"train/loss became {loss.item()} at step {step}: {fix}")
+
+
+class TrialRecorder:
+    """The cadence every recipe shares: ``train/*`` every ``log_every`` steps; ``eval/*``, samples and a
+    checkpoint every ``eval_every`` steps and at the last step.
+
+    At an eval the trained files are written first (to a checkpoint folder and, for small files, to the
+    MLflow run), then metrics go to MLflow, then to Tune: a scheduler may end the process inside Tune's
+    report, and a stopped trial keeps what it had.
+    """
+
+    def __init__(
+        self,
+        args: TrainArgs,
+        evaluate: Callable[[], tuple[dict[str, float], list]],
+        save: Callable[[Path], list[Path]],
+        eval_set,
+        artifact_path: str,
+        log_files_every_eval: bool = True,
+    ):
+        self.args, self.evaluate, self.save, self.eval_set = args, evaluate, save, eval_set
+        self.artifact_path = artifact_path  # "adapter", "embeddings" or "unet" in the MLflow run
+        self.log_files_every_eval = log_files_every_eval  # False for full models: too large to log at every eval
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.started = time.perf_counter()
+        self.metrics: dict[str, float] = {}
+
+    def after_step(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], lr: float) -> None:
+        for key, value in {"train/loss": loss, **terms}.items():  # no .item() here: no sync per step
+            self.sums[key] = self.sums.get(key, 0) + value.detach()
+        self.count += 1
+        is_eval = step % self.args.eval_every == 0 or step == self.args.max_steps
+        if step % self.args.log_every and not is_eval:
+            return
+        metrics = {key: float(total) / self.count for key, total in self.sums.items()}
+        metrics.update({"train/lr": lr, "train/time_s": time.perf_counter() - self.started, "step": step})
+        self.sums, self.count = {}, 0
+        if not is_eval:
+            log_metrics(metrics, step)
+            report(metrics)
+            return
+        eval_started = time.perf_counter()
+        scores, images = self.evaluate()
+        metrics.update(scores)
+        log_samples(list(self.eval_set.prompts), images, step, final=True)  # samples/final: the latest eval's
+        with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
+            files = self.save(Path(checkpoint))
+            metrics[f"{self.artifact_path}/size_mb"] = sum(_size(f) for f in files) / 2**20
+            if self.log_files_every_eval or step == self.args.max_steps:
+                _log_files(files, self.artifact_path)
+            log_metrics(metrics, step)
+            report(metrics, Path(checkpoint))
+        self.metrics = metrics
+        self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
+
+    def finish(self, out_dir: Path) -> None:
+        """Write the final files into the trial directory; fail the trial if its scores are not finite."""
+        self.save(Path(out_dir))
+        if not all(math.isfinite(v) for k, v in self.metrics.items() if k.startswith("eval/")):
+            raise TrialError(f"non-finite eval scores {self.metrics}: check the scorer models")
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _log_files(files: list[Path], artifact_path: str) -> None:
+    import mlflow
+
+    for f in map(Path, files):
+        if f.is_dir():
+            mlflow.log_artifacts(str(f), artifact_path=f"{artifact_path}/{f.name}")
+        else:
+            mlflow.log_artifact(str(f), artifact_path=artifact_path)
+
+
+def caption_embeddings(data, index: torch.Tensor, text_encoder, cached: bool, device: str, dtype: torch.dtype):
+    """The text conditioning of the images in ``index``: the sweep's cached embeddings when ``cached``,
+    else the text encoder run on the cached token ids (with gradients when it trains)."""
+    rows = data.caption_index[index]
+    if cached:
+        return data.text_embeds[rows].to(device, dtype)
+    return text_encoder(data.input_ids[rows].to(device))[0]
+
+
+def evaluate_pipeline(pipe, eval_set, scorers, sampling):
+    """Sample and score ``eval_set`` with ``pipe``'s current (trained) modules in eval mode."""
+    from eval.evaluate import evaluate
+
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    return evaluate(pipe, eval_set, scorers, sampling)

@@ -1,0 +1,19 @@
+"""Where a trial's results go besides MLflow: Tune's report and checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+
+def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
+    """To Tune inside a trial; outside one (a direct call in a test) Tune's report is a no-op.
+
+    A scheduler (ASHA) stops a trial by exiting from ``tune.report``, and the process ends right after:
+    whatever must survive a stop is written before this call.
+    """
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "report is meant to only be called inside a Tuner"
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)

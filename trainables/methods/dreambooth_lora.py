@@ -1,0 +1,148 @@
+"""DreamBooth with a LoRA instead of the whole UNet: the ``dreambooth_lora`` method.
+
+The DreamBooth objective (a few photos of one subject, optional prior preservation with class images the
+base model generated once per sweep) training a LoRA on the UNet and optionally on the text encoder.
+Writes a diffusers-format ``pytorch_lora_weights.safetensors`` with rank and alpha in its metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eval.scorers import load_scorers
+from trainables.common.config import check_lr
+from trainables.common.loop import (
+    BatchCursor,
+    Stepper,
+    TrialRecorder,
+    caption_embeddings,
+    check_finite,
+    device_and_dtype,
+    diffusion_loss,
+    evaluate_pipeline,
+    make_optimizer,
+    noisy_latents,
+)
+from trainables.common.lora import (
+    ADAPTER_FILE,
+    TEXT_ENCODER_LORA_TARGETS,
+    add_lora,
+    check_lora_fields,
+    check_text_encoder_fields,
+    save_lora,
+)
+from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
+from trainables.common.tracking import TrialContext
+from trainables.models import load_for_training
+
+DEFAULT_TEXT_ENCODER_LR = 5e-5  # half the UNet's rate, as DreamBooth-LoRA users commonly tune it
+
+
+@dataclass(frozen=True)
+class DreamBoothLoRAConfig:
+    """The ``dreambooth_lora`` method's own settings (the shared ones are in ``TrainArgs``)."""
+
+    lora_rank: int = 4  # diffusers' DreamBooth-LoRA default
+    lora_alpha: float = 4.0  # scale alpha / rank = 1
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections
+    lora_init: str = "default"  # B zero: step 0 equals the base model
+    unet_lr: float = 1e-4  # LoRA tolerates ~20x DreamBooth's full-model rate
+    train_text_encoder: bool = False  # a LoRA on the text encoder's attention too
+    text_encoder_lr: float | None = None  # None: 5e-5 when the text encoder trains
+    with_prior_preservation: bool = False  # keep the class's look with the base model's own class images
+    prior_loss_weight: float | None = None  # None: 1.0 (the paper's lambda) with prior preservation
+    num_class_images: int | None = None  # None: the preset's (100 on sd15, as diffusers; 8 on tiny)
+    class_prompt: str | None = None  # None: the data's class prompt ("a photo of dog")
+
+    def __post_init__(self):
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        check_lora_fields(self)
+        check_lr("unet_lr", self.unet_lr)
+        check_text_encoder_fields(self)
+        check_prior_fields(self)
+
+    def resolved(self) -> dict:
+        """The values the unset options take in this trial (logged with the params)."""
+        values = {"text_encoder_lr": self.text_encoder_lr or DEFAULT_TEXT_ENCODER_LR} if self.train_text_encoder else {}
+        return {**values, **resolved_prior(self)}
+
+
+def run_name(cfg: DreamBoothLoRAConfig) -> str:
+    prior = "-prior" if cfg.with_prior_preservation else ""
+    return f"dreambooth-lora-r{cfg.lora_rank}-a{cfg.lora_alpha:g}{prior}" + ("-te" if cfg.train_text_encoder else "")
+
+
+def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
+    """Train a LoRA with the DreamBooth objective on the subject photos; results go to Tune and MLflow."""
+    import mlflow
+    from diffusers import DDPMScheduler
+
+    cfg, args = trial.spec, trial.train
+    device, weight_dtype = device_and_dtype(args)
+    data = ctx.prepared()
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # load the base model; only the LoRA weights train
+    pipe = load_for_training(ctx.model, device, weight_dtype)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    text_encoder.requires_grad_(False)
+    groups = [{"params": add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.lora_init),
+               "lr": cfg.unet_lr}]  # fmt: skip
+    if cfg.train_text_encoder:
+        text_params = add_lora(text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_LORA_TARGETS, cfg.lora_init)
+        groups.append({"params": text_params, "lr": cfg.resolved()["text_encoder_lr"]})
+    params = [p for g in groups for p in g["params"]]
+    mlflow.log_param("trainable_params", sum(p.numel() for p in params))
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    stepper = Stepper(make_optimizer(groups, args, device), params, args, device)
+    scorers = load_scorers(ctx.scorers, device)
+    recorder = TrialRecorder(
+        args,
+        evaluate=lambda: evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling),
+        save=lambda folder: [save_lora(unet, folder, text_encoder if cfg.train_text_encoder else None)],
+        eval_set=ctx.eval,
+        artifact_path="adapter",
+    )
+    cursor = BatchCursor(len(data.train), generator)
+    class_data, class_cursor = class_images(cfg, data, ctx, generator)
+    autocast = args.mixed_precision != "no"
+
+    for step in range(1, args.max_steps + 1):
+        unet.train()
+        text_encoder.train(cfg.train_text_encoder)
+        # next batch: the instance latents, then as many class latents (prior preservation)
+        index = cursor.next(args.batch_size)
+        latents = data.train.sample_latents(index, generator)
+        if class_data is not None:
+            class_index = class_cursor.next(args.batch_size)
+            latents = torch.cat([latents, class_data.sample_latents(class_index, generator)])
+        # add noise at random timesteps
+        noisy, timesteps, target = noisy_latents(latents.to(device, weight_dtype), noise_scheduler, generator)
+
+        # encode the prompts (cached unless the text encoder trains) and predict the noise
+        with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
+            text = caption_embeddings(data.train, index, text_encoder, trial.cached_text, device, weight_dtype)
+            if class_data is not None:
+                class_text = caption_embeddings(class_data, class_index, text_encoder, trial.cached_text, device,
+                                                weight_dtype)  # fmt: skip
+                text = torch.cat([text, class_text.to(text.dtype)])
+            prediction = unet(noisy, timesteps, text).sample
+
+        # the instance loss, plus the weighted prior-preservation term
+        loss, terms = diffusion_loss(prediction, target, class_data is not None, prior_loss_weight(cfg))
+        check_finite(loss, step, f"lower unet_lr (now {cfg.unet_lr}) or use mixed_precision='bf16' or 'no'")
+
+        # update the adapter, then log, evaluate and checkpoint on schedule
+        stepper.step(loss)
+        recorder.after_step(step, loss, terms, stepper.lr)
+
+    recorder.finish(out_dir)
+
+
+__all__ = ["ADAPTER_FILE", "DreamBoothLoRAConfig", "run_name", "train_dreambooth_lora"]

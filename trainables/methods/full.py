@@ -1,0 +1,109 @@
+"""A full fine-tune of the UNet on a captioned dataset: the ``full`` method.
+
+The kanji study's open question, "is rank 64 the same as a full fine-tune?", needs this beside the LoRA
+trials. Set-up, then one training loop on the sweep's cached latents and caption embeddings (the text
+encoder stays frozen). Writes the fine-tuned ``unet/`` folder in the diffusers layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eval.scorers import load_scorers
+from trainables.common.config import check_lr
+from trainables.common.loop import (
+    BatchCursor,
+    Stepper,
+    TrialRecorder,
+    caption_embeddings,
+    check_finite,
+    device_and_dtype,
+    diffusion_loss,
+    evaluate_pipeline,
+    make_optimizer,
+    noisy_latents,
+)
+from trainables.common.tracking import TrialContext
+from trainables.models import load_for_training
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    """The ``full`` method's own settings (the shared ones are in ``TrainArgs``)."""
+
+    unet_lr: float = 1e-5  # every weight moves: ~10x below LoRA's 1e-4, as full SD fine-tunes commonly use
+
+    def __post_init__(self):
+        check_lr("unet_lr", self.unet_lr)
+
+
+def run_name(cfg: FullConfig) -> str:
+    return f"full-lr{cfg.unet_lr:g}"
+
+
+def save_unet(unet, folder: Path) -> list[Path]:
+    unet.save_pretrained(Path(folder) / "unet")
+    return [Path(folder) / "unet"]
+
+
+def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
+    """Fine-tune every UNet weight on the sweep's encoded data; results go to Tune and MLflow."""
+    import mlflow
+    from diffusers import DDPMScheduler
+
+    cfg, args = trial.spec, trial.train
+    device, weight_dtype = device_and_dtype(args)
+    data = ctx.prepared()
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # load the base model; the UNet trains in float32, the VAE and text encoder stay frozen
+    pipe = load_for_training(ctx.model, device, weight_dtype)
+    unet = pipe.unet.to(torch.float32).requires_grad_(True)
+    pipe.text_encoder.requires_grad_(False)
+    params = list(unet.parameters())
+    mlflow.log_param("trainable_params", sum(p.numel() for p in params))
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    stepper = Stepper(make_optimizer([{"params": params, "lr": cfg.unet_lr}], args, device), params, args, device)
+    scorers = load_scorers(ctx.scorers, device)
+    autocast = args.mixed_precision != "no"
+
+    def evaluate():
+        # the float32 UNet meets half-precision text embeddings on GPU: sample under the training autocast
+        with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
+            return evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling)
+
+    recorder = TrialRecorder(
+        args,
+        evaluate=evaluate,
+        save=lambda folder: save_unet(unet, folder),
+        eval_set=ctx.eval,
+        artifact_path="model",
+        log_files_every_eval=False,  # a full UNet is GBs at SD scale: MLflow gets the final one, Tune every eval
+    )
+    cursor = BatchCursor(len(data.train), generator)
+
+    for step in range(1, args.max_steps + 1):
+        unet.train()
+        # next batch of cached latents, noised at random timesteps
+        index = cursor.next(args.batch_size)
+        latents = data.train.sample_latents(index, generator).to(device, weight_dtype)
+        noisy, timesteps, target = noisy_latents(latents, noise_scheduler, generator)
+
+        # predict the noise from the cached caption embeddings
+        with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
+            text = caption_embeddings(data.train, index, pipe.text_encoder, trial.cached_text, device, weight_dtype)
+            prediction = unet(noisy, timesteps, text).sample
+        loss, terms = diffusion_loss(prediction, target)
+        check_finite(loss, step, f"lower unet_lr (now {cfg.unet_lr}) or use mixed_precision='bf16' or 'no'")
+
+        # update every UNet weight, then log, evaluate and checkpoint on schedule
+        stepper.step(loss)
+        recorder.after_step(step, loss, terms, stepper.lr)
+
+    recorder.finish(out_dir)
