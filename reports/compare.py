@@ -20,16 +20,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-# eval metrics where higher is better; train/loss is the one lower-is-better column
-HIGHER_IS_BETTER = (
-    "eval/clip_t",
-    "eval/clip_score",
-    "eval/clip_i",
-    "eval/dino",
-    "eval/glyph_purity",
-    "eval/glyph_iou",
-)
-LOWER_IS_BETTER = ("train/loss",)
+from eval.metrics import METRICS
+
+# eval columns in the table's order, each with its better direction, from the one metrics table in eval/
+EVAL_COLUMNS = tuple(name for name in METRICS if name.startswith("eval/"))
 # params every run carries that are not worth a column unless they vary
 _HIDDEN_PARAMS = {"model"}
 
@@ -101,10 +95,8 @@ def best_values(rows: list[ReportRow], columns: list[str]) -> dict[str, float]:
     best = {}
     for col in columns:
         values = [r.metrics[col] for r in rows if col in r.metrics and math.isfinite(r.metrics[col])]
-        if values and col in HIGHER_IS_BETTER:
-            best[col] = max(values)
-        elif values and col in LOWER_IS_BETTER:
-            best[col] = min(values)
+        if values and col in METRICS:
+            best[col] = (max if METRICS[col].better == "max" else min)(values)
     return best
 
 
@@ -118,8 +110,9 @@ def varying_params(rows: list[ReportRow]) -> list[str]:
 
 def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str) -> str:
     params = varying_params(rows)
-    metric_cols = [m for m in HIGHER_IS_BETTER if any(m in r.metrics for r in rows)]
-    extra_cols = [c for c in ("train/loss", "train/time_s", "adapter/size_mb") if any(c in r.metrics for r in rows)]
+    metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
+    sizes = sorted({k for r in rows for k in r.metrics if k.endswith("/size_mb")})  # adapter, model, embeddings
+    extra_cols = [c for c in ("train/loss", "train/time_s", *sizes) if any(c in r.metrics for r in rows)]
     best = best_values(rows, metric_cols + extra_cols)
     trials = [r for r in rows if r.kind == "trial" and metric in r.metrics and math.isfinite(r.metrics[metric])]
     winner = (max if mode == "max" else min)(trials, key=lambda r: r.metrics[metric]) if trials else None
@@ -153,7 +146,9 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
 
 
 def _column_title(col: str) -> str:
-    return {"train/time_s": "train time (s)", "adapter/size_mb": "adapter (MB)"}.get(col, col)
+    if col.endswith("/size_mb"):
+        return f"{col.removesuffix('/size_mb')} (MB)"
+    return {"train/time_s": "train time (s)"}.get(col, col)
 
 
 def render_grid(rows: list[ReportRow], references: dict[str, Path], cell: int = 128) -> Image.Image:
@@ -183,7 +178,7 @@ def render_metrics_plot(client, rows: list[ReportRow], out_file: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric_cols = [m for m in HIGHER_IS_BETTER if any(m in r.metrics for r in rows)]
+    metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
     panels = 1 + len(metric_cols)
     ncols = min(4, panels)
     nrows = -(-panels // ncols)

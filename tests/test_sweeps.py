@@ -21,9 +21,16 @@ def test_there_are_sweeps():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("name", SWEEP_FILES)
-def test_sweep_expands_to_valid_trials(name, preset):
+def test_sweep_expands_to_valid_trials(name, preset, tmp_path):
+    from trainables.data.tiny_sets import write_style_set, write_subject_set
+
     sweep = importlib.import_module(f"sweeps.{name}").SWEEP
-    args = parse_args(["--preset", preset], sweep)
+    flags = ["--preset", preset]
+    if preset != "tiny" and sweep.data.kind == "subject":  # real runs need the user's photos
+        flags += ["--data-dir", str(write_subject_set(tmp_path / "toy")), "--class-noun", "toy"]
+    if preset != "tiny" and sweep.data.kind == "captioned":
+        flags += ["--data-dir", str(write_style_set(tmp_path / "style")), "--trigger-word", "sdswstyle"]
+    args = parse_args(flags, sweep)
     sweep = with_preset(sweep, PRESETS[preset], args)
     trials = validate_trials(sweep, expand_trials(sweep, args))
     assert trials, f"{name} expands to no trial"
@@ -40,3 +47,80 @@ def test_kanji_rank_grid_sets_alpha_per_trial():
     assert {t.train.max_steps for t in trials} == {7}
     assert {t.train.resolution for t in trials} == {64}
     assert {t.spec.unet_lr for t in trials} == {1e-3}  # the tiny preset's rate for lora
+
+
+def _arms_error(data, *arms):
+    from sweeps.launch import Sweep, SweepError
+
+    sweep = Sweep("combo", data, {"seed": 0}, arms=arms)
+    args = parse_args(["--preset", "tiny"], sweep)
+    sweep = with_preset(sweep, PRESETS["tiny"], args)
+    with pytest.raises(SweepError) as err:
+        validate_trials(sweep, expand_trials(sweep, args))
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arm, data_kind, expected",
+    [
+        ({"method": "dreambooth", "prior_loss_weight": 0.5}, "subject",
+         r"trial 1 .*prior_loss_weight=0.5 is not valid: .*with_prior_preservation=True"),
+        ({"method": "textual_inversion", "lora_rank": 8}, "subject",
+         r"trial 1 .*lora_rank is a setting of .*not of method 'textual_inversion'"),
+        ({"method": "full", "text_encoder_lr": 5e-5}, "kanji",
+         r"trial 1 .*text_encoder_lr is a setting of .*not of method 'full'"),
+        ({"method": "dreambooth"}, "kanji", r"trial 1 .*method 'dreambooth' trains on subject data .* kanji"),
+        ({"method": "dreambooth_lora", "with_prior_preservation": True, "num_class_images": 0}, "subject",
+         r"trial 1 .*num_class_images=0 is not valid"),
+    ],
+)  # fmt: skip
+def test_bad_method_combinations_are_refused_before_trials(arm, data_kind, expected):
+    from trainables.data.kanji import KanjiData
+    from trainables.data.subject import SubjectData
+
+    data = {"kanji": KanjiData(), "subject": SubjectData()}[data_kind]
+    first = {"method": "lora"}  # a good arm first: the error must name the bad trial, not the first
+    assert __import__("re").search(expected, _arms_error(data, first, arm)), _arms_error(data, first, arm)
+
+
+def test_subject_photos_without_a_class_noun_are_refused_before_trials(tmp_path):
+    from trainables.data.subject import SubjectData
+    from trainables.data.tiny_sets import write_subject_set
+
+    data = SubjectData(data_dir=str(write_subject_set(tmp_path / "toy")))
+    message = _arms_error(data, {"method": "dreambooth", "with_prior_preservation": True})
+    assert message.startswith("subject data needs a class noun: pass --class-noun NOUN")
+
+
+def test_method_arms_expand_in_order_with_each_methods_preset_rate(tmp_path):
+    from sweeps.dreambooth_methods import SWEEP
+
+    args = parse_args(["--preset", "tiny"], SWEEP)
+    sweep = with_preset(SWEEP, PRESETS["tiny"], args)
+    trials = validate_trials(sweep, expand_trials(sweep, args))
+    assert [(t.method, getattr(t.spec, "with_prior_preservation", None)) for t in trials] == [
+        ("lora", None), ("dreambooth", False), ("dreambooth", True), ("dreambooth_lora", True),
+        ("textual_inversion", None),
+    ]  # fmt: skip
+    # the tiny preset forces its size over the sweep's SD 1.5 settings (800 steps, TI 2000)
+    assert {t.train.max_steps for t in trials} == {20} and {t.train.resolution for t in trials} == {64}
+    assert {t.train.batch_size for t in trials} == {1}  # the sweep's own batch size stands
+    assert trials[1].spec.unet_lr == 1e-4 and trials[-1].spec.learning_rate == 5e-3
+    from trainables.data.tiny_sets import write_subject_set
+
+    flags = ["--data-dir", str(write_subject_set(tmp_path / "toy")), "--class-noun", "toy"]
+    args = parse_args(flags, SWEEP)
+    full = validate_trials(with_preset(SWEEP, PRESETS["sd15"], args), expand_trials(SWEEP, args))
+    assert [t.train.max_steps for t in full] == [800, 800, 800, 800, 2000]
+    assert {t.train.resolution for t in full} == {512}
+
+
+def test_a_swept_setting_the_tiny_preset_forces_is_kept():
+    from ray import tune
+
+    from sweeps.launch import Sweep
+    from trainables.data.kanji import KanjiData
+
+    sweep = Sweep("steps", KanjiData(), {"method": "lora"}, {"max_steps": tune.grid_search([5, 9])})
+    trials = validate_trials(sweep, expand_trials(sweep, parse_args(["--preset", "tiny"], sweep)))
+    assert [t.train.max_steps for t in trials] == [5, 9]

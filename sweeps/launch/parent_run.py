@@ -81,29 +81,48 @@ def mlflow_cli() -> str:
     return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(beside)
 
 
+SHORT_NAMES = {"lora_rank": "rank", "lora_alpha": "alpha", "with_prior_preservation": "prior",
+               "prior_loss_weight": "prior_weight", "train_text_encoder": "te", "text_encoder_lr": "te_lr"}  # fmt: skip
+
+
 def trial_label(settings: dict[str, Any], varied: list[str], with_method: bool) -> str:
-    """A short name from the swept settings: ``rank=8 alpha=8.0``, or ``dreambooth with_prior_preservation=True``."""
+    """A short name from the swept settings: ``rank=8 alpha=8.0``, or ``dreambooth prior=True``."""
     parts = [str(settings.get("method"))] if with_method else []
-    parts += [f"{k.removeprefix('lora_')}={settings[k]}" for k in varied if k != "method" and k in settings]
+    parts += [f"{SHORT_NAMES.get(k, k)}={settings[k]}" for k in varied if k != "method" and k in settings]
     return " ".join(parts)
+
+
+def varied_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """The settings whose values differ between trials (a key some trials lack counts as varied), in first-seen
+    order: what tells one trial from another in a label."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
 def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
     from trainables.registry import trial_settings
 
     keys = [sweep.metric] + sorted(k for k in baseline if k != sweep.metric)
-    arms = sweep.all_arms()
-    varied = list(dict.fromkeys(k for arm in arms for k in arm))
-    with_method = len(arms) > 1 or "method" in varied
+    settings = [trial_settings(r.config or {}) for r in results]
+    varied = varied_keys(settings)
+    with_method = len({s.get("method") for s in settings}) > 1
+    names = [trial_label(s, varied, with_method) or Path(r.path).name for s, r in zip(settings, results, strict=True)]
+    width = min(64, max([len("baseline (no fine-tune)"), *map(len, names)]) + 2)
     print(f"\n[sdsweep] results ({sweep.metric}, {sweep.mode} is best)")
-    print("  " + "trial".ljust(44) + "".join(k.removeprefix("eval/").rjust(13) for k in keys))
-    print("  " + "baseline (no fine-tune)".ljust(44) + "".join(f"{baseline.get(k, float('nan')):13.4f}" for k in keys))
-    for r in results:
-        name = trial_label(trial_settings(r.config or {}), varied, with_method)[:42] or Path(r.path).name[:42]
+    cols = {k: max(11, len(k.removeprefix("eval/"))) + 2 for k in keys}
+
+    def values(metrics: dict[str, float]) -> str:
+        return "".join(f"{metrics.get(k, float('nan')):{c}.4f}" for k, c in cols.items())
+
+    print("  " + "trial".ljust(width) + "".join(k.removeprefix("eval/").rjust(c) for k, c in cols.items()))
+    row = values(baseline)
+    print("  " + "baseline (no fine-tune)".ljust(width) + row)
+    for name, r in zip(names, results, strict=True):
+        name = name[: width - 2].ljust(width)
         if r.error:
-            print("  " + name.ljust(44) + f"  FAILED: {str(r.error).strip().splitlines()[-1][:120]}")
+            print("  " + name + f"  FAILED: {str(r.error).strip().splitlines()[-1][:120]}")
         else:
-            print("  " + name.ljust(44) + "".join(f"{r.metrics.get(k, float('nan')):13.4f}" for k in keys))
+            print("  " + name + values(r.metrics))
 
 
 def describe(space: dict[str, Any]) -> dict[str, str]:

@@ -16,6 +16,7 @@ QUIET_ENV = {
     # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..." on a fresh store
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
@@ -38,12 +39,15 @@ def start_ray(cpus: float):
     import ray
 
     env = {k: os.environ[k] for k in QUIET_ENV}  # a user's own settings win over the defaults
+    # Ray 2.60 announces, once per machine, that it wrote an auth token: nothing for the user to do
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         ray.init(
             num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
             include_dashboard=False,
+            logging_level=logging.WARNING,  # not "Started a local Ray instance."
             runtime_env={"env_vars": env},
             log_to_driver=True,
         )
