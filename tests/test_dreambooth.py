@@ -253,12 +253,17 @@ def test_lora_with_text_encoder_runs_the_text_encoder_on_cached_token_ids(contex
     assert run.data.params["text_encoder_lr"] == "5e-05"  # the style study's default when unset
 
 
-def test_nan_loss_fails_only_the_dreambooth_trial(context, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "method, lr",
+    [("dreambooth", "unet_lr \\(now 5e-06\\)"), ("dreambooth_lora", "unet_lr \\(now 0.0001\\)"),
+     ("full", "unet_lr \\(now 1e-05\\)")],
+)  # fmt: skip
+def test_nan_loss_fails_only_its_trial(context, tmp_path, monkeypatch, method, lr):
     monkeypatch.chdir(tmp_path)
     data = context.data
     broken = replace(data, train=replace(data.train, latent_mean=data.train.latent_mean * float("nan")))
-    with pytest.raises(TrialError, match=r"train/loss became nan at step 1: lower unet_lr \(now 5e-06\)"):
-        run_trial(dict(method="dreambooth", max_steps=2, resolution=64, batch_size=2), replace(context, data=broken))
+    with pytest.raises(TrialError, match=rf"train/loss became nan at step 1: lower {lr}"):
+        run_trial(dict(method=method, max_steps=2, resolution=64, batch_size=2), replace(context, data=broken))
     _, runs = _child_runs(context)
     assert [r.info.status for r in runs] == ["FAILED"]
 
