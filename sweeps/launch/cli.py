@@ -26,6 +26,18 @@ def parse_args(argv: list[str] | None, sweep: Sweep) -> argparse.Namespace:
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (preset default)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (preset default)")
     parser.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="restarts of a trial whose process dies, each from its last checkpoint (default 2)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this sweep's last unfinished launch (its driver died): only unfinished trials run",
+    )
+    parser.add_argument("--fresh", action="store_true", help="close this sweep's unfinished launch and start over")
     parser.add_argument("--storage-path", help="Ray Tune results: a folder or s3://... (default ~/ray_results)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument(

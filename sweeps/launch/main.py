@@ -26,6 +26,15 @@ from sweeps.launch.parent_run import (
     resolve_tracking_uri,
 )
 from sweeps.launch.ray_env import QUIET_ENV, get_or_fail, quiet_libraries, start_ray
+from sweeps.launch.resume import (
+    check_same_space,
+    check_unfinished,
+    close_launch,
+    driver_tag,
+    finished_baseline,
+    space_hash,
+    unfinished_launches,
+)
 from sweeps.launch.search import scheduler, search_alg
 from sweeps.launch.spec import PRESETS, Preset, Sweep, SweepError
 from trainables.common.tracking import slug
@@ -65,8 +74,8 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
             f"[sdsweep] note: MLflow writes to {tracking_uri}, inside this job's temporary copy of the working "
             "dir; pass --mlflow-uri http://HEAD:5000 (see cluster.yaml) to keep the runs"
         )
-    storage_path = args.storage_path
-    if storage_path and "://" not in storage_path:
+    storage_path = args.storage_path or str(Path.home() / "ray_results")  # Tune's default, made explicit
+    if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
 
     # 2. models: the tiny preset builds its random models from config, once, into the cache
@@ -76,27 +85,45 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     import ray
 
     exp_id = experiment_id(sweep.name, tracking_uri)
-    run_name = f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    start_ray(cpus)
-    resources = {"cpu": cpus, "gpu": gpus}
-    parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={"sdsweep.sweep": sweep.name})
+    found = unfinished_launches(tracking_uri, exp_id, sweep.name)
+    resuming = check_unfinished(found, sweep.name, args.resume, args.fresh)
+    if args.fresh:
+        for old in (u for u in found if not u.alive):
+            close_launch(tracking_uri, exp_id, old.run_id, "abandoned: a later launch started over (--fresh)")
     methods = sorted({t.method for t in trials})
     n_trials = len(trials) if sweep.search_alg != "optuna" else args.num_samples
-    print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
+    if resuming is not None:
+        tune_path = resuming.tune_path
+        check_same_space(mlflow.MlflowClient(tracking_uri).get_run(resuming.run_id).data.tags, configs, sweep.name)
+        parent = mlflow.start_run(run_id=resuming.run_id)
+        mlflow.set_tag("sdsweep.driver", driver_tag())
+        print(f"[sdsweep] resuming {sweep.name} (MLflow run {parent.info.run_id}, started {resuming.started}): "
+              f"{resuming.trials_done} of {resuming.trials_total} trials had finished")  # fmt: skip
+    else:
+        run_name = f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"  # unique per launch
+        tune_path = f"{storage_path.rstrip('/')}/{run_name}"
+        tags = {"sdsweep.sweep": sweep.name, "sdsweep.tune_path": tune_path, "sdsweep.driver": driver_tag(),
+                "sdsweep.space_hash": space_hash(configs)}  # fmt: skip
+        parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+    resources = {"cpu": cpus, "gpu": gpus}
+    if resuming is None:
+        print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
     print(f"[sdsweep] MLflow run {parent.info.run_id} in {tracking_uri}")
     try:
-        mlflow.log_params(
-            {
-                "sweep": sweep.name, "preset": args.preset, "model": model, "methods": ",".join(methods),
-                "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
-                "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
-                "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-            }
-        )  # fmt: skip
-        mlflow.log_dict(
-            {"base_config": sweep.base_config, "arms": [describe(a) for a in sweep.all_arms()], "trials": configs},
-            "sweep.json",
-        )
+        start_ray(cpus)
+        if resuming is None:
+            mlflow.log_params(
+                {
+                    "sweep": sweep.name, "preset": args.preset, "model": model, "methods": ",".join(methods),
+                    "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
+                    "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
+                    "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+                }
+            )  # fmt: skip
+            mlflow.log_dict(
+                {"base_config": sweep.base_config, "arms": [describe(a) for a in sweep.all_arms()], "trials": configs},
+                "sweep.json",
+            )
 
         # 3. data: built once, encoded once with the frozen VAE/text encoder, class images generated once
         class_sets = _class_set_requests(trials, preset)
@@ -106,19 +133,24 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
             sweep.data, model, trials[0].train.resolution, cache_dir, class_sets, sampling
         )
         eval_set = get_or_fail(eval_ref, "preparing the data")
-        _log_references(eval_set)
+        if resuming is None:
+            _log_references(eval_set)
         context = _trial_context(model, tracking_uri, exp_id, parent.info.run_id, eval_set, sampling, scorers)
         context = replace(context, mixed_precision=trials[0].train.mixed_precision,
                           num_class_images=preset.num_class_images)  # fmt: skip
 
         # 4. the no-fine-tune baseline, same prompts and seeds (also proves model and scorers load)
-        baseline = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_baseline)
-        print(f"[sdsweep] evaluating the baseline (no fine-tune) on {len(eval_set.prompts)} prompts")
-        baseline_metrics = get_or_fail(baseline.remote(context), "evaluating the baseline")
+        baseline_metrics = None
+        if resuming is not None:
+            baseline_metrics = finished_baseline(tracking_uri, exp_id, parent.info.run_id)
+        if baseline_metrics is None:
+            baseline = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_baseline)
+            print(f"[sdsweep] evaluating the baseline (no fine-tune) on {len(eval_set.prompts)} prompts")
+            baseline_metrics = get_or_fail(baseline.remote(context), "evaluating the baseline")
 
         # 5. the trials
-        results = _fit(sweep, args, configs, replace(context, data=data_ref), resources, storage_path, run_name,
-                       trials)  # fmt: skip
+        results = _fit(sweep, args, configs, replace(context, data=data_ref), resources, tune_path, trials,
+                       restore=resuming is not None)  # fmt: skip
         failed = [r for r in results if r.error]
         close_orphan_runs(tracking_uri, exp_id, parent.info.run_id, results)
         print_summary(sweep, results, baseline_metrics)
@@ -129,6 +161,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         report_dir = Path(args.report_dir).expanduser().resolve() / sweep.name
         report = build_report(tracking_uri, parent.info.run_id, report_dir, sweep.metric, sweep.mode)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
+        mlflow.set_tag("sdsweep.complete", "true")
         mlflow.end_run(status="FAILED" if failed and len(failed) == len(results) else "FINISHED")
     except BaseException:
         mlflow.end_run(status="FAILED")
@@ -154,6 +187,8 @@ def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: floa
         raise SweepError(
             f"--cpus-per-trial {cpus} / --gpus-per-trial {gpus}: use cpus > 0 (fractions allowed), gpus >= 0"
         )
+    if args.max_failures < 0:
+        raise SweepError(f"--max-failures {args.max_failures}: use 0 (never restart a trial) or more")
     if args.num_samples < 1:
         raise SweepError(f"--num-samples {args.num_samples}: use 1 or more")
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
@@ -256,18 +291,30 @@ def _trial_context(model, tracking_uri, exp_id, parent_run_id, eval_set, samplin
     )
 
 
-def _fit(sweep, args, configs, context, resources, storage_path, run_name, trials):
+def _fit(sweep, args, configs, context, resources, tune_path: str, trials, restore: bool = False):
+    """Run the trials on Tune, in the run folder ``tune_path``; ``restore`` continues that folder's run
+    (finished trials are not run again; unfinished and errored ones continue from their checkpoints)."""
     from ray import tune
 
     from trainables.run_trial import run_trial
 
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources)
     if sweep.search_alg == "optuna":
         param_space, num_samples = optuna_space(sweep, args), args.num_samples
     else:  # exactly the configs validated above, in order
         param_space, num_samples = {"trial": tune.grid_search(configs)}, 1
+    if restore:
+        if not tune.Tuner.can_restore(tune_path):
+            raise SweepError(
+                f"cannot resume: Tune's run folder {tune_path} is missing or incomplete (was --storage-path on "
+                "shared storage?); pass --fresh to start over"
+            )
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, param_space=param_space)
+        return list(tuner.fit())
     max_steps = max(t.train.max_steps for t in trials)
+    storage, name = tune_path.rsplit("/", 1)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, ctx=context), resources),
+        trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
@@ -280,9 +327,10 @@ def _fit(sweep, args, configs, context, resources, storage_path, run_name, trial
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=0),
+            name=name,
+            storage_path=storage,
+            # a trial whose process dies restarts from its last checkpoint, in the same MLflow run
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # the trial directory (its final files) goes to --storage-path too, not only checkpoints
             sync_config=tune.SyncConfig(sync_artifacts=True),

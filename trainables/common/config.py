@@ -69,12 +69,15 @@ class TrainArgs:
     resolution: int = 512  # training and sampling size in px (SD 1.5 native)
     eval_every: int = 250  # steps between evaluations (and one at the end)
     log_every: int = 10  # steps averaged into one train/loss report
+    checkpoint_every: int | None = None  # steps between full-state checkpoints; None: at every eval only
     mixed_precision: str = "no"  # "fp16"/"bf16" on GPU; CPU runs need "no"
     gradient_checkpointing: bool = False  # recompute activations in backward: less GPU memory, ~20% slower
     optimizer: str = "adamw"  # "adamw_fused" (CUDA) or "adamw_8bit" (bitsandbytes) save time or memory on GPU
 
     def __post_init__(self):
         check_positive_ints(self, ("batch_size", "max_steps", "resolution", "eval_every", "log_every"))
+        if self.checkpoint_every is not None:
+            check_positive_ints(self, ("checkpoint_every",))
         if self.resolution % 8:
             bad("resolution", self.resolution, "use a multiple of 8 (the VAE downsamples by 8)")
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -14,9 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from trainables.common.checkpoint import Trained
 from trainables.common.config import PRECISION_DTYPES, TrainArgs, TrialError
 from trainables.common.session import report
 from trainables.common.tracking import log_metrics, log_samples
@@ -54,6 +56,14 @@ class BatchCursor:
             self.position += take
             wanted -= take
         return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.clone(), "position": self.position, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"the checkpoint's data has {state['n']} items and this trial's {self.n}")
+        self.order, self.position = state["order"].clone(), state["position"]
 
 
 def noisy_latents(latents: torch.Tensor, noise_scheduler, generator: torch.Generator):
@@ -139,11 +149,15 @@ def check_finite(loss: torch.Tensor, step: int, fix: str) -> None:
 
 class TrialRecorder:
     """The cadence every recipe shares: ``train/*`` every ``log_every`` steps; ``eval/*``, samples and a
-    checkpoint every ``eval_every`` steps and at the last step.
+    checkpoint every ``eval_every`` steps and at the last step; a checkpoint also every ``checkpoint_every``.
 
-    At an eval the trained files are written first (to a checkpoint folder and, for small files, to the
-    MLflow run), then metrics go to MLflow, then to Tune: a scheduler may end the process inside Tune's
-    report, and a stopped trial keeps what it had.
+    At a checkpoint the trained files and the full training state are written first (to a checkpoint folder
+    and, for small files, to the MLflow run), then metrics go to MLflow, then to Tune: a scheduler may end
+    the process inside Tune's report, and a stopped trial keeps what it had.
+
+    :meth:`track` hands the recorder what a checkpoint holds and, when the trial was restored (a restarted
+    worker, a resumed sweep), puts the saved state back and returns the step to continue from. Steps the
+    MLflow run already holds (logged before the restart) are not logged again.
     """
 
     def __init__(
@@ -156,40 +170,91 @@ class TrialRecorder:
         log_files_every_eval: bool = True,
     ):
         self.args, self.evaluate, self.save, self.eval_set = args, evaluate, save, eval_set
-        self.artifact_path = artifact_path  # "adapter", "embeddings" or "unet" in the MLflow run
+        self.artifact_path = artifact_path  # "adapter", "embeddings" or "model" in the MLflow run
         self.log_files_every_eval = log_files_every_eval  # False for full models: too large to log at every eval
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.started = time.perf_counter()
         self.metrics: dict[str, float] = {}
+        self.tracked: dict[str, Any] | None = None
+        self.logged_through = 0  # the last step the MLflow run already holds
+
+    def track(self, trained: Trained, stepper: Stepper, generators: dict[str, torch.Generator],
+              cursors: dict[str, Any]) -> int:  # fmt: skip
+        """Register the training state; restore it from the trial's checkpoint if there is one. Returns the
+        first step to run (1 for a fresh trial)."""
+        from trainables.common.checkpoint import load_state
+        from trainables.common.session import resume_checkpoint
+        from trainables.common.tracking import last_logged_step
+
+        self.tracked = dict(trained=trained, stepper=stepper, generators=generators,
+                            cursors={k: c for k, c in cursors.items() if c is not None})  # fmt: skip
+        self.logged_through = last_logged_step()
+        with resume_checkpoint() as folder:
+            if folder is None:
+                return 1
+            step, extra = load_state(folder, **self.tracked)
+        import mlflow
+
+        if mlflow.active_run() is not None:  # the run says where this attempt took over
+            mlflow.set_tag("sdsweep.restored_from_step", str(step))
+        self.sums, self.count = extra["window"], extra["count"]
+        self.started = time.perf_counter() - extra["train_time_s"]
+        self.metrics = extra["metrics"]
+        return step + 1
 
     def after_step(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], lr: float) -> None:
         for key, value in {"train/loss": loss, **terms}.items():  # no .item() here: no sync per step
             self.sums[key] = self.sums.get(key, 0) + value.detach()
         self.count += 1
-        is_eval = step % self.args.eval_every == 0 or step == self.args.max_steps
-        if step % self.args.log_every and not is_eval:
+        args = self.args
+        is_eval = step % args.eval_every == 0 or step == args.max_steps
+        is_checkpoint = is_eval or bool(args.checkpoint_every and step % args.checkpoint_every == 0)
+        is_log = is_eval or step % args.log_every == 0
+        if not (is_log or is_checkpoint):
             return
-        metrics = {key: float(total) / self.count for key, total in self.sums.items()}
-        metrics.update({"train/lr": lr, "train/time_s": time.perf_counter() - self.started, "step": step})
-        self.sums, self.count = {}, 0
-        if not is_eval:
-            log_metrics(metrics, step)
+        metrics: dict[str, float] = {"step": step}
+        if is_log:
+            metrics.update({key: float(total) / self.count for key, total in self.sums.items()})
+            metrics.update({"train/lr": lr, "train/time_s": time.perf_counter() - self.started})
+            self.sums, self.count = {}, 0
+        if not is_checkpoint:
+            self._log(metrics, step)
             report(metrics)
             return
         eval_started = time.perf_counter()
-        scores, images = self.evaluate()
-        metrics.update(scores)
-        log_samples(list(self.eval_set.prompts), images, step, final=True)  # samples/final: the latest eval's
+        if is_eval:
+            scores, images = self.evaluate()
+            metrics.update(scores)
+            if step > self.logged_through:  # samples/final: the latest eval's
+                log_samples(list(self.eval_set.prompts), images, step, final=True)
         with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
             files = self.save(Path(checkpoint))
-            metrics[f"{self.artifact_path}/size_mb"] = sum(_size(f) for f in files) / 2**20
-            if self.log_files_every_eval or step == self.args.max_steps:
-                _log_files(files, self.artifact_path)
-            log_metrics(metrics, step)
+            if is_eval:
+                metrics[f"{self.artifact_path}/size_mb"] = sum(_size(f) for f in files) / 2**20
+                if (self.log_files_every_eval or step == args.max_steps) and step > self.logged_through:
+                    _log_files(files, self.artifact_path)
+                self.metrics = metrics
+            self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
+            self._save_state(Path(checkpoint), step)
+            self._log(metrics, step)
             report(metrics, Path(checkpoint))
-        self.metrics = metrics
-        self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if step > self.logged_through:
+            log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+
+    def _save_state(self, folder: Path, step: int) -> None:
+        import mlflow
+
+        from trainables.common.checkpoint import save_state
+
+        if self.tracked is None:
+            return
+        run = mlflow.active_run()
+        extra = {"window": self.sums, "count": self.count, "train_time_s": time.perf_counter() - self.started,
+                 "metrics": self.metrics, "mlflow_run_id": run.info.run_id if run else None}  # fmt: skip
+        save_state(folder, step=step, extra=extra, **self.tracked)
 
     def finish(self, out_dir: Path) -> None:
         """Write the final files into the trial directory; fail the trial if its scores are not finite."""

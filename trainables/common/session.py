@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -17,3 +19,19 @@ def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "report is meant to only be called inside a Tuner"
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+@contextlib.contextmanager
+def resume_checkpoint() -> Iterator[Path | None]:
+    """The folder of the checkpoint this trial restarts from (a restarted worker, a resumed sweep), or None
+    for a fresh trial; valid inside the ``with`` block."""
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # outside a Tuner (a direct call) there is no checkpoint
+        checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)

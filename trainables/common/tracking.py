@@ -69,10 +69,54 @@ def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] 
     except SystemExit:  # Tune stopped the trial early (a scheduler's decision, not an error)
         mlflow.end_run(status="KILLED")
         raise
-    except BaseException:
+    except BaseException as err:
+        _record_failure(err)
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def _record_failure(err: BaseException) -> None:
+    """Tag the run with the error's last line and, for an error a retry would meet again (a bad value, a NaN
+    loss), ``sdsweep.fatal``: a restarted trial re-raises it instead of training again. Never raises."""
+    import mlflow
+
+    from trainables.common.config import TrialError
+
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    try:
+        mlflow.set_tag("sdsweep.error", f"{type(err).__name__}: {lines[-1]}"[:5000])
+        if isinstance(err, TrialError | ValueError | TypeError):
+            mlflow.set_tag("sdsweep.fatal", lines[-1][:5000])
+    except Exception:  # the tracking server may be what failed
+        pass
+
+
+def find_trial_run(ctx: TrialContext, trial_id: str):
+    """This trial's child run from an earlier attempt (a restarted worker or a resumed sweep), or None."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(ctx.tracking_uri).search_runs(
+        [ctx.experiment_id],
+        filter_string=f"tags.`sdsweep.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'",
+        max_results=2,
+    )
+    return runs[0] if runs else None
+
+
+def last_logged_step(run_id: str | None = None, tracking_uri: str | None = None) -> int:
+    """The last step whose train/loss the run (default: the active one) holds, 0 for a new run: a restarted
+    trial does not log those steps again."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if run_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            return 0
+        run_id = run.info.run_id
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "train/loss")
+    return max((m.step for m in history), default=0)
 
 
 def log_metrics(metrics: dict[str, float], step: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from eval.scorers import load_scorers
+from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import check_lr
 from trainables.common.loop import (
     BatchCursor,
@@ -111,9 +112,12 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     )
     cursor = BatchCursor(len(data.train), generator)
     class_data, class_cursor = class_images(cfg, data, ctx, generator)
+    # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
+    trained = trained_parameters(unet=unet, text_encoder=text_encoder)
+    first_step = recorder.track(trained, stepper, {"batches": generator}, {"instance": cursor, "class": class_cursor})
     autocast = args.mixed_precision != "no"
 
-    for step in range(1, args.max_steps + 1):
+    for step in range(first_step, args.max_steps + 1):
         unet.train()
         text_encoder.train(cfg.train_text_encoder)
         # next batch: the instance latents, then as many class latents (prior preservation)

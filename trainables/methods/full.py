@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from eval.scorers import load_scorers
+from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import check_lr
 from trainables.common.loop import (
     BatchCursor,
@@ -87,8 +88,10 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
         log_files_every_eval=False,  # a full UNet is GBs at SD scale: MLflow gets the final one, Tune every eval
     )
     cursor = BatchCursor(len(data.train), generator)
+    # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
+    first_step = recorder.track(trained_parameters(unet=unet), stepper, {"batches": generator}, {"instance": cursor})
 
-    for step in range(1, args.max_steps + 1):
+    for step in range(first_step, args.max_steps + 1):
         unet.train()
         # next batch of cached latents, noised at random timesteps
         index = cursor.next(args.batch_size)

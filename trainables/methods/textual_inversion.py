@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from eval.scorers import load_scorers
+from trainables.common.checkpoint import Trained
 from trainables.common.config import TrialError, bad, check_lr, check_positive_ints
 from trainables.common.loop import (
     BatchCursor,
@@ -232,8 +233,10 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
         artifact_path="embeddings",
     )
     cursor = BatchCursor(len(data.train), generator)
+    # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
+    first_step = recorder.track(_placeholder_rows(weight, ids), stepper, {"batches": generator}, {"instance": cursor})
 
-    for step in range(1, args.max_steps + 1):
+    for step in range(first_step, args.max_steps + 1):
         unet.train()
         text_encoder.train()
         # next batch of cached latents
@@ -259,6 +262,16 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
         recorder.after_step(step, loss, terms, stepper.lr)
 
     recorder.finish(out_dir)
+
+
+def _placeholder_rows(weight: torch.nn.Parameter, ids: list[int]) -> Trained:
+    """What a checkpoint keeps of the embedding matrix: only the rows that train."""
+
+    def load(saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            weight[ids] = saved["placeholder_rows"].to(weight.device, weight.dtype)
+
+    return Trained(state=lambda: {"placeholder_rows": weight.detach()[ids]}, load=load)
 
 
 __all__ = ["EMBEDDINGS_FILE", "TextualInversionConfig", "run_name", "train_textual_inversion"]

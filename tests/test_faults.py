@@ -1,0 +1,139 @@
+"""Faults a real cluster has, on the tiny preset through real Ray and MLflow: a trial process killed
+mid-training restarts from its checkpoint into the same MLflow run, with each step logged once."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _one_trial_sweep():
+    from ray import tune
+
+    from sweeps.kanji_rank import SWEEP
+
+    space = {"lora_rank": tune.grid_search([4]), "lora_alpha": 4.0, "checkpoint_every": 5}
+    return replace(SWEEP, name="faults", search_space=space)
+
+
+def _kill_trial_after_first_checkpoint(storage: Path, killed: list, stop: threading.Event) -> None:
+    """Watch Tune's storage; at the first checkpoint, SIGKILL the trial's process (as a lost node would)."""
+    while not stop.is_set():
+        if list(storage.glob("faults-*/run_trial_*/checkpoint_*")):
+            pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            if killed:
+                return
+        time.sleep(0.1)
+
+
+def test_a_killed_trial_process_restarts_from_its_checkpoint_in_the_same_run(tmp_path):
+    from sweeps.launch import launch
+
+    storage, uri = tmp_path / "ray", f"sqlite:///{tmp_path}/mlflow.db"
+    killed, stop = [], threading.Event()
+    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(storage, killed, stop), daemon=True)
+    watcher.start()
+    try:
+        code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "30", "--max-chars", "160",
+                                           "--cache-dir", str(tmp_path / "cache"), "--storage-path", str(storage),
+                                           "--mlflow-uri", uri, "--report-dir", str(tmp_path / "reports")])  # fmt: skip
+    finally:
+        stop.set()
+    assert killed, "the trial finished before its first checkpoint: nothing was killed"
+    assert code == 0
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id], "tags.`sdsweep.kind` = 'trial'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]  # the restart continued the run, no second one
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    restored = int(run.data.tags["sdsweep.restored_from_step"])
+    assert restored >= 5 and restored % 5 == 0  # from a checkpoint, not from step 0
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [5, 10, 15, 20, 25, 30]  # each logged step once: no gap, no repeat
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")) == [10, 20, 30]
+
+
+def resume_sweep():
+    """Four one-minute trials (imported by the driver subprocess below, so both launches share the space)."""
+    from ray import tune
+
+    from sweeps.kanji_rank import SWEEP
+
+    space = {"lora_rank": tune.grid_search([1, 2, 4, 8]), "lora_alpha": 4.0, "checkpoint_every": 5}
+    return replace(SWEEP, name="resume", search_space=space)
+
+
+def _resume_args(tmp_path):
+    return ["--preset", "tiny", "--max-chars", "160", "--cache-dir", str(tmp_path / "cache"), "--storage-path",
+            str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir",
+            str(tmp_path / "reports")]  # fmt: skip
+
+
+def _trial_runs(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([experiment.experiment_id], "tags.`sdsweep.kind` = 'trial'") if experiment else []
+
+
+def test_a_killed_driver_is_resumed_without_retraining_or_duplicates(tmp_path, capsys):
+    import sys
+    import textwrap
+
+    from sweeps.launch import launch
+
+    tests_dir, repo = Path(__file__).parent, Path(__file__).parents[1]
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(repo)!r}, {str(tests_dir)!r}]
+        from sweeps.launch import launch
+        from test_faults import resume_sweep
+        sys.exit(launch(resume_sweep(), {_resume_args(tmp_path)!r}))
+    """)
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True, cwd=tmp_path)  # fmt: skip
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            runs = _trial_runs(client, "resume") if (tmp_path / "mlflow.db").exists() else []
+            if any(r.info.status == "FINISHED" for r in runs):
+                break
+            time.sleep(1)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, as a lost head node
+        driver.wait()
+    before = {r.info.run_id: r for r in _trial_runs(client, "resume")}
+    finished_before = {i for i, r in before.items() if r.info.status == "FINISHED"}
+    assert finished_before and len(finished_before) < 4
+
+    # a plain relaunch does not start a second copy silently
+    assert launch(resume_sweep(), _resume_args(tmp_path)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    assert launch(resume_sweep(), [*_resume_args(tmp_path), "--resume"]) == 0
+    after = {r.info.run_id: r for r in _trial_runs(client, "resume")}
+    assert len(after) == 4 and all(r.info.status == "FINISHED" for r in after.values())  # no duplicate run
+    assert set(before) <= set(after)  # the runs the dead driver left open were continued, not replaced
+    for run_id in finished_before:  # finished trials were not retrained: their records did not change
+        assert after[run_id].info.end_time == before[run_id].info.end_time
+        assert len(client.get_metric_history(run_id, "train/loss")) == 4
+    for run in after.values():
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [5, 10, 15, 20]
+    (parent,) = client.search_runs([after[next(iter(after))].info.experiment_id], "tags.`sdsweep.sweep` = 'resume'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["sdsweep.complete"] == "true"
+    baselines = client.search_runs([parent.info.experiment_id], "tags.`sdsweep.kind` = 'baseline'")
+    assert [b.info.status for b in baselines] == ["FINISHED"]
+    assert len(json.loads((tmp_path / "reports" / "resume" / "rows.json").read_text())) == 5
