@@ -1,6 +1,7 @@
 """Faults a real cluster has, on the tiny preset through real Ray and MLflow: a trial process killed
 mid-training restarts from its checkpoint into the same MLflow run, with each step logged once."""
 
+import contextlib
 import json
 import os
 import signal
@@ -137,3 +138,87 @@ def test_a_killed_driver_is_resumed_without_retraining_or_duplicates(tmp_path, c
     baselines = client.search_runs([parent.info.experiment_id], "tags.`sdsweep.kind` = 'baseline'")
     assert [b.info.status for b in baselines] == ["FINISHED"]
     assert len(json.loads((tmp_path / "reports" / "resume" / "rows.json").read_text())) == 5
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_mlflow_server(tmp_path, port):
+    import shutil
+    import sys
+    import urllib.request
+
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("a"), start_new_session=True,
+    )  # fmt: skip
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError((tmp_path / "server.log").read_text()[-2000:])
+
+
+def test_an_mlflow_server_restart_mid_trial_loses_nothing(tmp_path):
+    from sweeps.launch import launch
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    servers = [_start_mlflow_server(tmp_path, port)]
+    outage = {}
+
+    def restart_server_after_first_loss():
+        client = mlflow.MlflowClient(uri)
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                runs = _trial_runs(client, "faults")
+                if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        os.killpg(servers[0].pid, signal.SIGKILL)
+        servers[0].wait()
+        outage["down"] = time.time()
+        time.sleep(20)  # the trial trains on; its writes wait in the outbox
+        servers.append(_start_mlflow_server(tmp_path, port))
+        outage["up"] = time.time()
+
+    watcher = threading.Thread(target=restart_server_after_first_loss, daemon=True)
+    watcher.start()
+    try:
+        code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "60", "--max-chars", "160",
+                                           "--cache-dir", str(tmp_path / "cache"), "--storage-path",
+                                           str(tmp_path / "ray"), "--mlflow-uri", uri, "--report-dir",
+                                           str(tmp_path / "reports")])  # fmt: skip
+        watcher.join(60)
+        assert "up" in outage, "the server was never restarted"
+        assert code == 0
+        client = mlflow.MlflowClient(uri)
+        (run,) = _trial_runs(client, "faults")
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == list(range(5, 61, 5))  # nothing lost, nothing twice
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")) == list(
+            range(10, 61, 10)
+        )
+        logged = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert logged == {"adapter/pytorch_lora_weights.safetensors"}
+        # the trial did not wait for the server: it logged steps while it was down
+        during = [m for m in client.get_metric_history(run.info.run_id, "train/loss")
+                  if outage["down"] * 1000 < m.timestamp < outage["up"] * 1000]  # fmt: skip
+        assert during, "no step was trained while the server was down"
+    finally:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)

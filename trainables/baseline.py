@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from eval.evaluate import evaluate
 from eval.scorers import load_scorers
 from trainables.common.config import PRECISION_DTYPES
-from trainables.common.tracking import TrialContext, child_run, log_metrics, log_samples
+from trainables.common.tracking import TrialContext, child_run, log_metrics, log_params, log_samples
 from trainables.models import load_pipeline
 
 
 def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
     """Sample and score the base model into a child run named ``baseline``; returns its ``eval/*``."""
-    import mlflow
+    import tempfile
 
-    with child_run(ctx, run_name="baseline", kind="baseline"):
-        mlflow.log_params({"method": "none", "model": ctx.model})
+    # a Ray task's working directory is not the user's: writes wait in the temp folder if MLflow is down
+    with child_run(ctx, run_name="baseline", kind="baseline", folder=Path(tempfile.gettempdir()) / "sdsweep"):
+        log_params({"method": "none", "model": ctx.model})
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # the trials' precision, so an adapter that changes nothing scores exactly as the baseline
         dtype = PRECISION_DTYPES[ctx.mixed_precision]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 
 from trainables.common.config import TrialError
-from trainables.common.tracking import TrialContext, child_run, find_trial_run, last_logged_step, trial_dir
+from trainables.common.tracking import (
+    TrialContext,
+    child_run,
+    find_trial_run,
+    last_logged_step,
+    log_params,
+    trial_dir,
+)
 from trainables.registry import METHODS, parse_trial_config, trial_settings
 
 
@@ -16,8 +23,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     A trial Tune restarts (its worker died, or the sweep is resumed) continues in the MLflow run of its
     earlier attempt, from its last checkpoint; one that failed on a bad value or a NaN fails again at once.
     """
-    import mlflow
-
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     out_dir, trial_name, trial_id = trial_dir(default_name="local")
     suffix, tags = trial_name.rsplit("_", 1)[-1], {"sdsweep.trial_id": trial_id}
@@ -34,8 +39,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         trial = parse_trial_config(settings)
     except (ValueError, TypeError):
         # a point no check saw before the sweep (an Optuna draw): the failure is recorded like any other
-        with child_run(ctx, run_name=f"invalid-{suffix}", kind="trial", tags=tags):
-            mlflow.log_params({k: str(v)[:500] for k, v in settings.items()})
+        with child_run(ctx, run_name=f"invalid-{suffix}", kind="trial", tags=tags, folder=out_dir):
+            log_params({k: str(v)[:500] for k, v in settings.items()})
             raise
     method = METHODS[trial.method]
     params = trial.params()
@@ -44,6 +49,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         params.setdefault("class_prompt", ctx.prepared().class_prompt)
     if earlier is not None:
         tags["run_id"] = earlier.info.run_id
-    with child_run(ctx, run_name=f"{method.run_name(trial.spec)}-{suffix}", kind="trial", tags=tags):
-        mlflow.log_params(params)
+    with child_run(ctx, run_name=f"{method.run_name(trial.spec)}-{suffix}", kind="trial", tags=tags, folder=out_dir):
+        log_params(params)
         method.train(trial, ctx, out_dir)

@@ -21,7 +21,7 @@ import torch
 from trainables.common.checkpoint import Trained
 from trainables.common.config import PRECISION_DTYPES, TrainArgs, TrialError
 from trainables.common.session import report
-from trainables.common.tracking import log_metrics, log_samples
+from trainables.common.tracking import current_run_id, log_files, log_metrics, log_samples, set_tags
 
 
 def device_and_dtype(args: TrainArgs) -> tuple[str, torch.dtype]:
@@ -194,10 +194,7 @@ class TrialRecorder:
             if folder is None:
                 return 1
             step, extra = load_state(folder, **self.tracked)
-        import mlflow
-
-        if mlflow.active_run() is not None:  # the run says where this attempt took over
-            mlflow.set_tag("sdsweep.restored_from_step", str(step))
+        set_tags({"sdsweep.restored_from_step": str(step)})  # the run says where this attempt took over
         self.sums, self.count = extra["window"], extra["count"]
         self.started = time.perf_counter() - extra["train_time_s"]
         self.metrics = extra["metrics"]
@@ -233,7 +230,7 @@ class TrialRecorder:
             if is_eval:
                 metrics[f"{self.artifact_path}/size_mb"] = sum(_size(f) for f in files) / 2**20
                 if (self.log_files_every_eval or step == args.max_steps) and step > self.logged_through:
-                    _log_files(files, self.artifact_path)
+                    log_files(files, self.artifact_path)
                 self.metrics = metrics
             self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
             self._save_state(Path(checkpoint), step)
@@ -245,15 +242,12 @@ class TrialRecorder:
             log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
 
     def _save_state(self, folder: Path, step: int) -> None:
-        import mlflow
-
         from trainables.common.checkpoint import save_state
 
         if self.tracked is None:
             return
-        run = mlflow.active_run()
         extra = {"window": self.sums, "count": self.count, "train_time_s": time.perf_counter() - self.started,
-                 "metrics": self.metrics, "mlflow_run_id": run.info.run_id if run else None}  # fmt: skip
+                 "metrics": self.metrics, "mlflow_run_id": current_run_id()}  # fmt: skip
         save_state(folder, step=step, extra=extra, **self.tracked)
 
     def finish(self, out_dir: Path) -> None:
@@ -266,16 +260,6 @@ class TrialRecorder:
 def _size(path: Path) -> int:
     path = Path(path)
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-
-
-def _log_files(files: list[Path], artifact_path: str) -> None:
-    import mlflow
-
-    for f in map(Path, files):
-        if f.is_dir():
-            mlflow.log_artifacts(str(f), artifact_path=f"{artifact_path}/{f.name}")
-        else:
-            mlflow.log_artifact(str(f), artifact_path=artifact_path)
 
 
 def caption_embeddings(data, index: torch.Tensor, text_encoder, cached: bool, device: str, dtype: torch.dtype):

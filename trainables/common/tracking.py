@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 from eval.evaluate import EvalPrompt, EvalSet, SamplingConfig
 from eval.scorers import ScorerSpec
+from trainables.common.outbox import OUTBOX_DIR, Outbox, is_transient
 
 
 @dataclass(frozen=True)
@@ -46,97 +49,155 @@ class TrialContext:
         return data
 
 
+# seconds a finished trial waits for MLflow to take its backlog before leaving it on disk
+FLUSH_TIMEOUT_S = float(os.environ.get("SDSWEEP_MLFLOW_FLUSH_S", "300"))
+# seconds a trial waits at start for an unreachable tracking server before failing
+START_TIMEOUT_S = float(os.environ.get("SDSWEEP_MLFLOW_START_S", "600"))
+
+_outbox: Outbox | None = None  # the open child run's writes (one run per trial process at a time)
+
+
+def retry_transient(call, what: str, timeout_s: float = START_TIMEOUT_S):
+    """``call()``, retried with backoff while MLflow is unreachable, for at most ``timeout_s``."""
+    backoff, deadline = 0.5, time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not is_transient(err) or time.monotonic() > deadline:
+                raise
+            print(f"[sdsweep] MLflow unreachable while {what}; retrying in {backoff:.0f} s", file=sys.stderr)
+            time.sleep(backoff)
+            backoff = min(30.0, backoff * 2)
+
+
 @contextlib.contextmanager
-def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start an MLflow run nested under the sweep's parent run; mark it FAILED if the body raises, KILLED
-    if Tune stopped it early.
+def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] | None = None,
+              folder: Path | None = None) -> Iterator[Any]:  # fmt: skip
+    """Open an MLflow run nested under the sweep's parent run; every write to it goes through an
+    :class:`~trainables.common.outbox.Outbox` in ``folder`` (default: the working directory), so training
+    never waits on the tracking server. The run ends FAILED if the body raises, KILLED if Tune stopped it
+    early, else FINISHED.
 
-    ``run_id`` in ``tags`` resumes an existing run (a trial restored from its checkpoint).
+    ``run_id`` in ``tags`` continues an existing run (a restarted or resumed trial).
     """
-    import mlflow
+    global _outbox
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(ctx.tracking_uri)
+    # fail a request in seconds and let the outbox's backoff decide how long to wait, not MLflow's retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    client = MlflowClient(ctx.tracking_uri)
     all_tags = {"mlflow.parentRunId": ctx.parent_run_id, "sdsweep.kind": kind, **ctx.tags, **(tags or {})}
     run_id = all_tags.pop("run_id", None)
-    run = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=None if run_id else ctx.experiment_id,
-        run_name=None if run_id else run_name,
-        tags=all_tags,
-    )
+    if run_id:
+        retry_transient(lambda: client.update_run(run_id, status="RUNNING"), "reopening the trial's run")
+        run = retry_transient(lambda: client.get_run(run_id), "reopening the trial's run")
+    else:
+        run = retry_transient(
+            lambda: client.create_run(ctx.experiment_id, run_name=run_name, tags=all_tags), "creating the trial's run"
+        )
+    base = Path(folder) if folder is not None else Path.cwd()
+    _outbox = Outbox(ctx.tracking_uri, run.info.run_id, base / OUTBOX_DIR / run.info.run_id)
+    status = "FINISHED"
     try:
         yield run
     except SystemExit:  # Tune stopped the trial early (a scheduler's decision, not an error)
-        mlflow.end_run(status="KILLED")
+        status = "KILLED"
         raise
     except BaseException as err:
+        status = "FAILED"
         _record_failure(err)
-        mlflow.end_run(status="FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    finally:
+        outbox, _outbox = _outbox, None
+        outbox.put("end", {"status": status})
+        outbox.close(FLUSH_TIMEOUT_S)
 
 
 def _record_failure(err: BaseException) -> None:
     """Tag the run with the error's last line and, for an error a retry would meet again (a bad value, a NaN
-    loss), ``sdsweep.fatal``: a restarted trial re-raises it instead of training again. Never raises."""
-    import mlflow
-
+    loss), ``sdsweep.fatal``: a restarted trial re-raises it instead of training again."""
     from trainables.common.config import TrialError
 
     lines = str(err).strip().splitlines() or [type(err).__name__]
-    try:
-        mlflow.set_tag("sdsweep.error", f"{type(err).__name__}: {lines[-1]}"[:5000])
-        if isinstance(err, TrialError | ValueError | TypeError):
-            mlflow.set_tag("sdsweep.fatal", lines[-1][:5000])
-    except Exception:  # the tracking server may be what failed
-        pass
+    tags = {"sdsweep.error": f"{type(err).__name__}: {lines[-1]}"[:5000]}
+    if isinstance(err, TrialError | ValueError | TypeError):
+        tags["sdsweep.fatal"] = lines[-1][:5000]
+    set_tags(tags)
+
+
+def current_run_id() -> str | None:
+    return _outbox.run_id if _outbox is not None else None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    if _outbox is not None:
+        _outbox.put("params", {"params": {k: str(v)[:6000] for k, v in params.items()}})
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    if _outbox is not None:
+        _outbox.put("tags", {"tags": {k: str(v) for k, v in tags.items()}})
 
 
 def find_trial_run(ctx: TrialContext, trial_id: str):
     """This trial's child run from an earlier attempt (a restarted worker or a resumed sweep), or None."""
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient(ctx.tracking_uri).search_runs(
-        [ctx.experiment_id],
-        filter_string=f"tags.`sdsweep.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'",
-        max_results=2,
+    query = f"tags.`sdsweep.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'"
+    client = MlflowClient(ctx.tracking_uri)
+    runs = retry_transient(
+        lambda: client.search_runs([ctx.experiment_id], filter_string=query, max_results=2), "looking up the trial"
     )
     return runs[0] if runs else None
 
 
 def last_logged_step(run_id: str | None = None, tracking_uri: str | None = None) -> int:
-    """The last step whose train/loss the run (default: the active one) holds, 0 for a new run: a restarted
-    trial does not log those steps again."""
-    import mlflow
+    """The last step whose train/loss the run (default: the open one) holds or has queued, 0 for a new run:
+    a restarted trial does not log those steps again."""
     from mlflow.tracking import MlflowClient
 
+    queued = 0
     if run_id is None:
-        run = mlflow.active_run()
-        if run is None:
+        if _outbox is None:
             return 0
-        run_id = run.info.run_id
-    history = MlflowClient(tracking_uri).get_metric_history(run_id, "train/loss")
-    return max((m.step for m in history), default=0)
+        run_id, tracking_uri, queued = _outbox.run_id, _outbox.tracking_uri, _outbox.pending_max_step()
+    client = MlflowClient(tracking_uri)
+    history = retry_transient(lambda: client.get_metric_history(run_id, "train/loss"), "reading the run's history")
+    return max(queued, max((m.step for m in history), default=0))
 
 
 def log_metrics(metrics: dict[str, float], step: int) -> None:
-    """Log the finite numeric metrics of one step to the active run (one batched request)."""
-    import mlflow
-
+    """Queue the finite numeric metrics of one step for the open run (one batched request)."""
     finite = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
-    if finite:
-        mlflow.log_metrics(finite, step=step, timestamp=int(time.time() * 1000))
+    if finite and _outbox is not None:
+        _outbox.put("metrics", {"metrics": finite, "step": step, "timestamp": int(time.time() * 1000)})
 
 
 def log_samples(prompts: list[EvalPrompt], images: list, step: int, final: bool) -> None:
-    """Log eval samples: a per-prompt image history (``key``/``step``, browsable with MLflow's step slider)
-    and, at the end, ``samples/final/<index>_<name>.png`` which reports read back."""
-    import mlflow
+    """Queue eval samples: a per-prompt image history (``key``/``step``, browsable with MLflow's step slider)
+    and, with ``final``, ``samples/final/<index>_<name>.png`` which reports read back."""
+    import tempfile
 
-    for index, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
-        mlflow.log_image(image, key=f"sample_{index:02d}_{slug(prompt.name)}", step=step)
-        if final:
-            mlflow.log_image(image, artifact_file=f"samples/final/{index:02d}_{slug(prompt.name)}.png")
+    if _outbox is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+            name = f"{index:02d}_{slug(prompt.name)}"
+            path = Path(tmp) / "image.png"
+            image.save(path)
+            now = int(time.time() * 1000)
+            _outbox.put("image", {"key": f"sample_{name}", "step": step, "timestamp": now}, {"image.png": path})
+            if final:
+                _outbox.put("image", {"artifact_file": f"samples/final/{name}.png"}, {"image.png": path})
+
+
+def log_files(files: list[Path], artifact_path: str) -> None:
+    """Queue files and folders for the open run, under ``artifact_path`` (copied first: the caller may
+    delete them)."""
+    if _outbox is not None and files:
+        _outbox.put("files", {"artifact_path": artifact_path}, {Path(f).name: Path(f) for f in files})
 
 
 def slug(text: str) -> str:

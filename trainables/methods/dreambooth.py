@@ -30,7 +30,7 @@ from trainables.common.loop import (
     noisy_latents,
 )
 from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
-from trainables.common.tracking import TrialContext
+from trainables.common.tracking import TrialContext, log_params
 from trainables.models import load_for_training
 
 
@@ -79,7 +79,6 @@ def save_models(unet, text_encoder, folder: Path) -> list[Path]:
 
 def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
     """Fine-tune the UNet (and text encoder) on the subject photos; results go to Tune and MLflow."""
-    import mlflow
     from diffusers import DDPMScheduler
 
     cfg, args = trial.spec, trial.train
@@ -98,7 +97,7 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
         text_encoder.to(torch.float32)
         groups.append({"params": list(text_encoder.parameters()), "lr": cfg.resolved()["text_encoder_lr"]})
     params = [p for g in groups for p in g["params"]]
-    mlflow.log_param("trainable_params", sum(p.numel() for p in params))
+    log_params({"trainable_params": sum(p.numel() for p in params)})
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:

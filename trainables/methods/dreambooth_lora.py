@@ -36,7 +36,7 @@ from trainables.common.lora import (
     save_lora,
 )
 from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
-from trainables.common.tracking import TrialContext
+from trainables.common.tracking import TrialContext, log_params
 from trainables.models import load_for_training
 
 DEFAULT_TEXT_ENCODER_LR = 5e-5  # half the UNet's rate, as DreamBooth-LoRA users commonly tune it
@@ -78,7 +78,6 @@ def run_name(cfg: DreamBoothLoRAConfig) -> str:
 
 def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     """Train a LoRA with the DreamBooth objective on the subject photos; results go to Tune and MLflow."""
-    import mlflow
     from diffusers import DDPMScheduler
 
     cfg, args = trial.spec, trial.train
@@ -97,7 +96,7 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         text_params = add_lora(text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_LORA_TARGETS, cfg.lora_init)
         groups.append({"params": text_params, "lr": cfg.resolved()["text_encoder_lr"]})
     params = [p for g in groups for p in g["params"]]
-    mlflow.log_param("trainable_params", sum(p.numel() for p in params))
+    log_params({"trainable_params": sum(p.numel() for p in params)})
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

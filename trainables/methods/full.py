@@ -27,7 +27,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
 )
-from trainables.common.tracking import TrialContext
+from trainables.common.tracking import TrialContext, log_params
 from trainables.models import load_for_training
 
 
@@ -52,7 +52,6 @@ def save_unet(unet, folder: Path) -> list[Path]:
 
 def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
     """Fine-tune every UNet weight on the sweep's encoded data; results go to Tune and MLflow."""
-    import mlflow
     from diffusers import DDPMScheduler
 
     cfg, args = trial.spec, trial.train
@@ -66,7 +65,7 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
     unet = pipe.unet.to(torch.float32).requires_grad_(True)
     pipe.text_encoder.requires_grad_(False)
     params = list(unet.parameters())
-    mlflow.log_param("trainable_params", sum(p.numel() for p in params))
+    log_params({"trainable_params": sum(p.numel() for p in params)})
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

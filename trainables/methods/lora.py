@@ -35,7 +35,7 @@ from trainables.common.lora import (
     check_text_encoder_fields,
     save_lora,
 )
-from trainables.common.tracking import TrialContext
+from trainables.common.tracking import TrialContext, log_params
 from trainables.models import load_for_training
 
 # the style study's text-encoder rate: half the UNet's 1e-4
@@ -74,7 +74,6 @@ def run_name(cfg: LoRAConfig) -> str:
 
 def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     """Train one LoRA on the sweep's encoded data and evaluate it; results go to Tune and MLflow."""
-    import mlflow
     from diffusers import DDPMScheduler
 
     cfg, args = trial.spec, trial.train
@@ -93,7 +92,7 @@ def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         text_params = add_lora(text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_LORA_TARGETS, cfg.lora_init)
         groups.append({"params": text_params, "lr": cfg.text_lr()})
     all_params = [p for g in groups for p in g["params"]]
-    mlflow.log_param("trainable_params", sum(p.numel() for p in all_params))
+    log_params({"trainable_params": sum(p.numel() for p in all_params)})
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -30,7 +30,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
 )
-from trainables.common.tracking import TrialContext
+from trainables.common.tracking import TrialContext, log_params
 from trainables.data.encoding import tokenize
 from trainables.models import load_for_training
 
@@ -166,7 +166,6 @@ def _save_embeddings(weight: torch.Tensor, ids: list[int], token: str, folder: P
 def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
     """Learn the placeholder embedding(s) on the sweep's encoded images and evaluate them with the placeholder
     in the eval prompts; results go to Tune and MLflow, ``learned_embeds.safetensors`` to ``out_dir``."""
-    import mlflow
     from diffusers import DDPMScheduler
 
     cfg, args = trial.spec, trial.train
@@ -207,7 +206,7 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
     # gradients of the other rows (words of the templates) would only count against the clipping norm
     grad_mask = trains[:, None].to(weight.dtype)
     weight.register_hook(lambda grad: grad * grad_mask)
-    mlflow.log_params(
+    log_params(
         {"trainable_params": len(ids) * weight.shape[1], "initializer": initializer, "template_set": template_set}
     )
     if args.gradient_checkpointing:
