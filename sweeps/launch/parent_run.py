@@ -33,6 +33,11 @@ def experiment_id(name: str, tracking_uri: str) -> str:
         experiment = mlflow.get_experiment_by_name(name)
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if "401" in reason or "403" in reason or "not authenticated" in reason.lower():
+            raise SweepError(
+                f"MLflow at {tracking_uri} refused this client ({reason}): put the server's user and password in "
+                "~/.mlflow/credentials (see cluster.yaml) or set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+            ) from err
         raise SweepError(
             f"cannot reach MLflow at {tracking_uri} ({reason}): start the server (mlflow server) or pass "
             "--mlflow-uri sqlite:///mlflow.db"
