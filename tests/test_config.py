@@ -197,3 +197,16 @@ def test_unreachable_mlflow_server_is_one_line(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot reach MLflow at http://127.0.0.1:9") and "\n" not in err
+
+
+@pytest.mark.parametrize("flag", ["--cache-dir", "--report-dir", "--storage-path"])
+def test_a_file_where_a_folder_belongs_is_one_line_before_anything_starts(flag, tmp_path, capsys):
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launch import launch
+
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    assert launch(SWEEP, ["--preset", "tiny", flag, str(a_file), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {flag} {a_file} is a file, not a folder: pass a folder (it is created if missing)"]
+    assert not (tmp_path / "m.db").exists()  # stopped before MLflow was touched

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.common.atomic import build_once
+
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # SD 1.5's noise schedule, reused by the tiny model so both train on the same timesteps
 _SD15_SCHEDULE = dict(
@@ -161,18 +163,20 @@ def build_tiny_sd(out_dir: Path, seed: int = 0) -> Path:
             pad_token_id=49407,
         )
     )
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(tmp / "_bpe"),
-        unet=unet,
-        scheduler=PNDMScheduler(**_SD15_SCHEDULE),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp)
-    shutil.rmtree(tmp / "_bpe")
-    tmp.rename(out_dir)
-    return out_dir
+
+    def write(tmp: Path) -> None:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(tmp / "_bpe"),
+            unet=unet,
+            scheduler=PNDMScheduler(**_SD15_SCHEDULE),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(tmp)
+        shutil.rmtree(tmp / "_bpe")
+
+    # two launches on a fresh cache may build it at once: each into its own folder, the first rename wins
+    return build_once(out_dir, write, lambda d: (d / "model_index.json").exists())

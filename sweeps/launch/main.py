@@ -183,6 +183,10 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
 
 
 def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: float) -> None:
+    for flag, value in (("--cache-dir", args.cache_dir), ("--report-dir", args.report_dir),
+                        ("--storage-path", args.storage_path)):  # fmt: skip
+        if value and "://" not in value:
+            _check_folder(flag, Path(value).expanduser())
     if cpus <= 0 or gpus < 0:
         raise SweepError(
             f"--cpus-per-trial {cpus} / --gpus-per-trial {gpus}: use cpus > 0 (fractions allowed), gpus >= 0"
@@ -206,6 +210,18 @@ def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: floa
                 f"--preset {args.preset} gives each trial {gpus:g} GPU and this machine has none: use --preset tiny "
                 "on CPU, or submit to a GPU cluster (ray job submit, see cluster.yaml)"
             )
+
+
+def _check_folder(flag: str, folder: Path) -> None:
+    """A folder the sweep writes to: created if missing; a file, or a folder it cannot write, is an error."""
+    if folder.exists() and not folder.is_dir():
+        raise SweepError(f"{flag} {folder} is a file, not a folder: pass a folder (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SweepError(f"{flag} {folder} cannot be created ({err.strerror}): pass a folder you can write") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SweepError(f"{flag} {folder} is not writable by this user: pass a folder you can write")
 
 
 def _class_set_requests(trials: list[TrialConfig], preset: Preset) -> list[tuple[str | None, int]]:

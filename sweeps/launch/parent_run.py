@@ -30,7 +30,7 @@ def experiment_id(name: str, tracking_uri: str) -> str:
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"  # fail in seconds here, not after minutes of retries
     try:
-        experiment = mlflow.get_experiment_by_name(name)
+        experiment = _first_touch(lambda: mlflow.get_experiment_by_name(name), tracking_uri)
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         if "401" in reason or "403" in reason or "not authenticated" in reason.lower():
@@ -52,7 +52,29 @@ def experiment_id(name: str, tracking_uri: str) -> str:
     location = None
     if tracking_uri.startswith("sqlite:"):  # artifacts beside the database, as an absolute path
         location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts" / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+
+    def create() -> str:  # under the same lock: two launches of a new sweep do not both create it
+        existing = mlflow.get_experiment_by_name(name)
+        return existing.experiment_id if existing else mlflow.create_experiment(name, artifact_location=location)
+
+    return _first_touch(create, tracking_uri)
+
+
+def _first_touch(call, tracking_uri: str):
+    """``call()``; for a sqlite store, under a lock file beside it: two launches on a fresh file would both
+    create (and migrate) MLflow's schema, and one of them fail."""
+    if not tracking_uri.startswith("sqlite:"):
+        return call()
+    import fcntl
+
+    lock_path = Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return call()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def close_orphan_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, results) -> None:

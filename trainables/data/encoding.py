@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from trainables.common.atomic import write_file_atomically
 
 
 @dataclass
@@ -77,8 +80,9 @@ def encode_dataset(
 ) -> EncodedDataset:
     """Encode ``images`` (PIL images, or callables returning one) and ``captions`` with ``pipe``'s frozen
     VAE and text encoder; read from / write to ``cache_file`` when given."""
-    if cache_file is not None and Path(cache_file).exists():
-        return EncodedDataset(**torch.load(cache_file, weights_only=True))
+    cached = load_encoded(cache_file) if cache_file is not None else None
+    if cached is not None:
+        return cached
     if len(images) != len(captions) or not images:
         raise ValueError(f"need one caption per image, got {len(images)} images and {len(captions)} captions")
     vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -115,9 +119,22 @@ def encode_dataset(
         input_ids=input_ids,
         captions=unique,
     )
-    if cache_file is not None:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache_file) + ".tmp")
-        torch.save(vars(encoded), tmp)
-        tmp.rename(cache_file)
+    if cache_file is not None:  # a private temporary name, then an atomic replace: readers see whole files
+        write_file_atomically(Path(cache_file), lambda tmp: torch.save(vars(encoded), tmp))
     return encoded
+
+
+def load_encoded(cache_file: Path) -> EncodedDataset | None:
+    """The encoded dataset in ``cache_file``; None when it is missing, or damaged (a truncated write, a
+    disk error), in which case it is removed, with one line naming it, so the caller encodes it again."""
+    cache_file = Path(cache_file)
+    if not cache_file.is_file():
+        return None
+    try:
+        return EncodedDataset(**torch.load(cache_file, weights_only=True))
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        print(f"[sdsweep] the encoded cache {cache_file} is damaged ({reason}): encoding the data again",
+              file=sys.stderr)  # fmt: skip
+        cache_file.unlink(missing_ok=True)
+        return None

@@ -127,15 +127,16 @@ def file_digest(path: Path | str) -> str:
 def encode_cached(model: str, images: list, captions: list[str], resolution: int, cache_file: Path, progress: bool):
     """:func:`~trainables.data.encoding.encode_dataset` with ``cache_file``, loading the pipeline only when
     that file is missing (a second sweep over the same data never loads the model for it)."""
-    from trainables.data.encoding import encode_dataset
+    import torch
+
+    from trainables.data.encoding import encode_dataset, load_encoded
     from trainables.models import load_pipeline
 
-    pipe = None
-    if not Path(cache_file).exists():
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(model, torch_dtype=torch.float16 if device == "cuda" else None).to(device)
+    cached = load_encoded(cache_file)
+    if cached is not None:
+        return cached
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_pipeline(model, torch_dtype=torch.float16 if device == "cuda" else None).to(device)
     return encode_dataset(pipe, images, captions, resolution, cache_file=cache_file, progress=progress)
 
 

@@ -299,8 +299,8 @@ class KanjiData:
     def prepare(self, model: str, resolution: int, cache_dir: Path, progress: bool = True) -> PreparedData:
         """Build (or reuse) the dataset, encode its train split with ``model``'s frozen VAE and text
         encoder (or reuse the cached encoding), and make the eval prompts."""
-        from trainables.data.encoding import cache_key, encode_dataset
-        from trainables.models import load_pipeline
+        from trainables.data.encoding import cache_key
+        from trainables.data.images import encode_cached
 
         self.check()
         directory = build_dataset(
@@ -318,19 +318,13 @@ class KanjiData:
             model, resolution, [f"{directory.name}/{r.file_name}" for r in train], [r.caption for r in train]
         )
         cache_file = Path(cache_dir) / "encoded" / f"kanji-{key}.pt"
-        pipe = None
-        if not cache_file.exists():
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            pipe = load_pipeline(model, torch_dtype=torch.float16 if device == "cuda" else None).to(device)
-        encoded = encode_dataset(
-            pipe,
+        encoded = encode_cached(
+            model,
             [lambda r=r: load_image(directory, r) for r in train],
             [r.caption for r in train],
             resolution,
-            cache_file=cache_file,
-            progress=progress,
+            cache_file,
+            progress,
         )
         return PreparedData(kind=self.kind, train=encoded, eval=EvalSet(tuple(prompts), (), metrics_for(self.kind)))
 
