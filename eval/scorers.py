@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from trainables.common.atomic import build_once
+
 DEFAULT_CLIP_MODEL = "ViT-L-14-quickgelu"
 DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_DINO_MODEL = "facebook/dino-vits16"
@@ -133,12 +135,16 @@ def build_tiny_clip(out_dir: Path, image_size: int = 64, seed: int = 0) -> str:
     preprocess_cfg = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
-    )
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "open_clip_model.safetensors"))
+
+    def write(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        (folder / "open_clip_config.json").write_text(
+            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
+        )
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "open_clip_model.safetensors"))  # last: marks the folder complete
+
+    build_once(out_dir, write, lambda d: (d / "open_clip_model.safetensors").exists())
     return name
 
 
@@ -147,7 +153,11 @@ def build_tiny_dino(out_dir: Path, image_size: int = 64, seed: int = 0) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     out_dir = Path(out_dir)
-    if (out_dir / "config.json").exists():
+
+    def complete(folder: Path) -> bool:  # save_pretrained writes config.json before the weights
+        return all((folder / f).exists() for f in ("config.json", "model.safetensors", "preprocessor_config.json"))
+
+    if complete(out_dir):
         return out_dir
     torch.manual_seed(seed)
     config = ViTConfig(
@@ -158,13 +168,17 @@ def build_tiny_dino(out_dir: Path, image_size: int = 64, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=37,
     )
-    ViTModel(config, add_pooling_layer=False).save_pretrained(out_dir)
-    ViTImageProcessor(
-        size={"height": image_size, "width": image_size},
-        image_mean=[0.485, 0.456, 0.406],  # ImageNet statistics, as dino-vits16's processor
-        image_std=[0.229, 0.224, 0.225],
-    ).save_pretrained(out_dir)
-    return out_dir
+    model = ViTModel(config, add_pooling_layer=False)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        ViTImageProcessor(
+            size={"height": image_size, "width": image_size},
+            image_mean=[0.485, 0.456, 0.406],  # ImageNet statistics, as dino-vits16's processor
+            image_std=[0.229, 0.224, 0.225],
+        ).save_pretrained(folder)
+
+    return build_once(out_dir, write, complete)
 
 
 def _first_line(err: BaseException) -> str:

@@ -275,3 +275,14 @@ def test_a_config_that_fails_inside_its_trial_is_recorded_as_a_failed_run(contex
         run_trial({"method": "lora", "lora_rank": 0}, context)
     _, (run,) = _child_runs(context)
     assert run.info.status == "FAILED" and run.info.run_name == "invalid-local" and run.data.params["lora_rank"] == "0"
+
+
+def test_a_damaged_class_set_encoding_is_rebuilt(tiny_sd, subject, tmp_path, capsys):
+    add_class_sets(replace(subject, class_sets={}), [(None, 2)], tiny_sd, 64, tmp_path, SAMPLING, progress=False)
+    (encoded,) = (tmp_path / "encoded").glob("class-*.pt")
+    whole = encoded.read_bytes()
+    encoded.write_bytes(whole[:100])
+    again = replace(subject, class_sets={})
+    add_class_sets(again, [(None, 2)], tiny_sd, 64, tmp_path, SAMPLING, progress=False)
+    assert f"the encoded cache {encoded} is damaged" in capsys.readouterr().err
+    assert encoded.read_bytes() == whole and again.class_sets[(None, 2)].captions == ["a photo of toy"]

@@ -55,7 +55,15 @@ def experiment_id(name: str, tracking_uri: str) -> str:
 
     def create() -> str:  # under the same lock: two launches of a new sweep do not both create it
         existing = mlflow.get_experiment_by_name(name)
-        return existing.experiment_id if existing else mlflow.create_experiment(name, artifact_location=location)
+        if existing:
+            return existing.experiment_id
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # a server store has no lock: another launch may have created it a moment ago
+            existing = mlflow.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return existing.experiment_id
 
     return _first_touch(create, tracking_uri)
 

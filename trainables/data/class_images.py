@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from trainables.common.atomic import build_once
 from trainables.data.base import DatasetError, PreparedData
-from trainables.data.encoding import EncodedDataset, cache_key, encode_dataset
+from trainables.data.encoding import EncodedDataset, cache_key, encode_dataset, load_encoded
 
 CLASS_SEED = 0  # image i of a class set uses seed CLASS_SEED + i
 
@@ -32,27 +32,26 @@ def class_set_dir(cache_dir: Path, model: str, prompt: str, count: int, resoluti
 @torch.no_grad()
 def generate_class_images(pipe, prompt: str, count: int, out_dir: Path, sampling, progress: bool = True) -> Path:
     """Sample ``count`` images of ``prompt`` into ``out_dir`` (``000.png``...); reused when complete."""
-    if (out_dir / "prompt.txt").exists():
-        return out_dir
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    batches = range(0, count, sampling.batch_size)
-    for start in tqdm(batches, desc=f"class images '{prompt}'", disable=not progress, mininterval=5, unit="batch"):
-        seeds = range(CLASS_SEED + start, CLASS_SEED + min(count, start + sampling.batch_size))
-        images = pipe(
-            [prompt] * len(seeds),
-            num_inference_steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            height=sampling.resolution,
-            width=sampling.resolution,
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        ).images
-        for seed, image in zip(seeds, images, strict=True):
-            image.save(partial / f"{seed - CLASS_SEED:03d}.png")
-    (partial / "prompt.txt").write_text(prompt, encoding="utf-8")  # written last: marks the set complete
-    partial.rename(out_dir)
-    return out_dir
+
+    def write(partial: Path) -> None:
+        partial.mkdir(parents=True)
+        batches = range(0, count, sampling.batch_size)
+        for start in tqdm(batches, desc=f"class images '{prompt}'", disable=not progress, mininterval=5, unit="batch"):
+            seeds = range(CLASS_SEED + start, CLASS_SEED + min(count, start + sampling.batch_size))
+            images = pipe(
+                [prompt] * len(seeds),
+                num_inference_steps=sampling.steps,
+                guidance_scale=sampling.guidance_scale,
+                height=sampling.resolution,
+                width=sampling.resolution,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            ).images
+            for seed, image in zip(seeds, images, strict=True):
+                image.save(partial / f"{seed - CLASS_SEED:03d}.png")
+        (partial / "prompt.txt").write_text(prompt, encoding="utf-8")  # written last: marks the set complete
+
+    # each launch generates into its own folder; the first to finish renames it into place
+    return build_once(out_dir, write, lambda d: (d / "prompt.txt").exists())
 
 
 def add_class_sets(
@@ -74,13 +73,14 @@ def add_class_sets(
         folder = class_set_dir(cache_dir, model, prompt, count, resolution, sampling)
         files = [f"{folder.name}/{i:03d}.png" for i in range(count)]
         encoded_file = Path(cache_dir) / "encoded" / f"class-{cache_key(model, resolution, files, [prompt] * count)}.pt"
-        if not (folder / "prompt.txt").exists() or not encoded_file.exists():
+        encoded = load_encoded(encoded_file) if (folder / "prompt.txt").exists() else None
+        if encoded is None:  # missing or damaged: generate what is missing, encode again
             pipe = pipe or _base_pipeline(model)
             generate_class_images(pipe, prompt, count, folder, sampling, progress)
-        images = [lambda i=i, folder=folder: _open(folder / f"{i:03d}.png") for i in range(count)]
-        prepared.class_sets[(prompt_or_none, count)] = encode_dataset(
-            pipe, images, [prompt] * count, resolution, cache_file=encoded_file, progress=progress
-        )
+            images = [lambda i=i, folder=folder: _open(folder / f"{i:03d}.png") for i in range(count)]
+            encoded = encode_dataset(pipe, images, [prompt] * count, resolution, cache_file=encoded_file,
+                                     progress=progress)  # fmt: skip
+        prepared.class_sets[(prompt_or_none, count)] = encoded
 
 
 def class_set(prepared: PreparedData, prompt: str | None, count: int) -> EncodedDataset:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from eval.evaluate import EvalPrompt, EvalSet
 from eval.metrics import metrics_for
+from trainables.common.atomic import build_once
 from trainables.data.base import DatasetError, PreparedData
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sdsweep"
@@ -180,28 +181,29 @@ def build_dataset(
     if max_chars:
         characters = characters[:max_chars]
 
-    partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for character in tqdm(
-        characters, desc=f"rendering kanji at {size}px", disable=not progress, mininterval=5, unit="glyph"
-    ):
-        file_name = f"{ord(character):05x}.png"
-        render_glyph(svgs[character].read_text(encoding="utf-8"), size).save(partial / file_name)
-        rows.append(
-            {
-                "file_name": file_name,
-                "character": character,
-                "meanings": list(meanings[character]),
-                "text": make_caption(meanings[character], caption_template),
-                "split": split_of(character, holdout_percent),
-            }
-        )
-    with open(partial / "metadata.jsonl", "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.rename(out)  # a crash mid-render leaves only the .partial folder, never a half cache
-    return out
+    def write(partial: Path) -> None:
+        partial.mkdir(parents=True)
+        rows = []
+        for character in tqdm(
+            characters, desc=f"rendering kanji at {size}px", disable=not progress, mininterval=5, unit="glyph"
+        ):
+            file_name = f"{ord(character):05x}.png"
+            render_glyph(svgs[character].read_text(encoding="utf-8"), size).save(partial / file_name)
+            rows.append(
+                {
+                    "file_name": file_name,
+                    "character": character,
+                    "meanings": list(meanings[character]),
+                    "text": make_caption(meanings[character], caption_template),
+                    "split": split_of(character, holdout_percent),
+                }
+            )
+        with open(partial / "metadata.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    # each launch renders into its own folder (metadata.jsonl last); the first rename wins
+    return build_once(out, write, lambda d: (d / "metadata.jsonl").exists())
 
 
 def load_records(directory: Path) -> list[KanjiRecord]:
