@@ -16,8 +16,10 @@ def _launch(sweep_module, tmp_path, cache):
     from sweeps.launch import launch
 
     sweep = importlib.import_module(f"sweeps.{sweep_module}").SWEEP
+    # --max-steps 10: one eval, at step 10, so the suite stays short
     args = ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
-            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports")]  # fmt: skip
+            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
+            "--max-steps", "10"]  # fmt: skip
     code = launch(sweep, args)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(sweep.name).experiment_id])

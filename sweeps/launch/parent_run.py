@@ -93,8 +93,14 @@ def close_orphan_runs(tracking_uri: str, experiment_id: str, parent_run_id: str,
 
     by_trial = {r.metrics.get("trial_id"): r for r in results if r.metrics}
     client = MlflowClient(tracking_uri)
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], query):
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = '{{}}'"
+    for run in client.search_runs([experiment_id], query.format("KILLED")):  # closed by the trial as it stopped
+        result = by_trial.get(run.data.tags.get("sdsweep.trial_id"))
+        if result is not None and result.error is None and "sdsweep.stopped_early" not in run.data.tags:
+            client.set_tag(
+                run.info.run_id, "sdsweep.stopped_early", f"by the scheduler at step {result.metrics.get('step')}"
+            )
+    for run in client.search_runs([experiment_id], query.format("RUNNING")):
         result = by_trial.get(run.data.tags.get("sdsweep.trial_id"))
         if result is not None and result.error is None:
             client.set_tag(

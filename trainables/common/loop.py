@@ -21,7 +21,14 @@ import torch
 from trainables.common.checkpoint import Trained
 from trainables.common.config import PRECISION_DTYPES, TrainArgs, TrialError
 from trainables.common.session import report
-from trainables.common.tracking import current_run_id, log_files, log_metrics, log_samples, set_tags
+from trainables.common.tracking import (
+    current_run_id,
+    drain_writes,
+    log_files,
+    log_metrics,
+    log_samples,
+    set_tags,
+)
 
 
 def device_and_dtype(args: TrainArgs) -> tuple[str, torch.dtype]:
@@ -235,6 +242,7 @@ class TrialRecorder:
             self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
             self._save_state(Path(checkpoint), step)
             self._log(metrics, step)
+            drain_writes()  # a scheduler may stop the trial inside report: its records arrive first
             report(metrics, Path(checkpoint))
 
     def _log(self, metrics: dict[str, float], step: int) -> None:

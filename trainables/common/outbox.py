@@ -51,6 +51,7 @@ class Outbox:
         self._pending = sorted(self.folder.glob("*.json"))  # an earlier attempt's backlog goes first
         self._next = 1 + max((int(p.stem) for p in self._pending), default=0)
         self._closing = False
+        self._failing = False  # the thread is waiting out an unreachable server
         self._thread = threading.Thread(target=self._run, name="mlflow-outbox", daemon=True)
         self._thread.start()
 
@@ -113,10 +114,15 @@ class Outbox:
         while True:
             try:
                 deliver(self.client, item)
+                with self._cond:
+                    self._failing = False
                 if started is not None:
                     self.outage_s += time.monotonic() - started
                 return
             except Exception as err:
+                with self._cond:
+                    self._failing = is_transient(err)
+                    self._cond.notify_all()
                 if not is_transient(err):
                     self.dropped.append(f"{item.name}: {str(err).strip().splitlines()[0][:200]}")
                     _remove(item)
@@ -130,6 +136,17 @@ class Outbox:
                 backoff = min(self.max_backoff_s, backoff * 2)
 
     _give_up = False
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait until the backlog is delivered, at most ``timeout_s``, and not at all while the server is
+        unreachable: a trial calls this before Tune may end its process (a scheduler's stop)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending and not self._failing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 1.0))
 
     def close(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for the backlog; returns how many writes are still undelivered (kept on

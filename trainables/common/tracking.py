@@ -127,6 +127,12 @@ def _record_failure(err: BaseException) -> None:
     set_tags(tags)
 
 
+def drain_writes(timeout_s: float = 60.0) -> None:
+    """Deliver the open run's backlog before Tune may end the process; skipped while MLflow is unreachable."""
+    if _outbox is not None:
+        _outbox.drain(timeout_s)
+
+
 def current_run_id() -> str | None:
     return _outbox.run_id if _outbox is not None else None
 
