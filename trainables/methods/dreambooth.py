@@ -83,7 +83,6 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
 
     cfg, args = trial.spec, trial.train
     device, weight_dtype = device_and_dtype(args)
-    data = ctx.prepared()
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -120,6 +119,17 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
         artifact_path="model",
         log_files_every_eval=False,  # a full UNet is GBs at SD scale: MLflow gets the final one, Tune every eval
     )
+    subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)
+
+
+def subject_loop(trial, ctx: TrialContext, out_dir: Path, unet, text_encoder, noise_scheduler, stepper: Stepper,
+                 recorder: TrialRecorder, generator: torch.Generator) -> None:  # fmt: skip
+    """The DreamBooth objective, shared by ``dreambooth`` and ``dreambooth_lora``: instance latents and (with
+    prior preservation) as many class latents in one batch, the weighted prior term in the loss; restored
+    from the trial's checkpoint when there is one."""
+    cfg, args, data = trial.spec, trial.train, ctx.prepared()
+    device, weight_dtype = device_and_dtype(args)
+    autocast = args.mixed_precision != "no"
     cursor = BatchCursor(len(data.train), generator)
     class_data, class_cursor = class_images(cfg, data, ctx, generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
@@ -151,7 +161,7 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
         loss, terms = diffusion_loss(prediction, target, class_data is not None, prior_loss_weight(cfg))
         check_finite(loss, step, f"lower unet_lr (now {cfg.unet_lr}) or use mixed_precision='bf16' or 'no'")
 
-        # update the weights, then log, evaluate and checkpoint on schedule
+        # update the weights (or adapter), then log, evaluate and checkpoint on schedule
         stepper.step(loss)
         recorder.after_step(step, loss, terms, stepper.lr)
 

@@ -13,19 +13,13 @@ from pathlib import Path
 import torch
 
 from eval.scorers import load_scorers
-from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import check_lr
 from trainables.common.loop import (
-    BatchCursor,
     Stepper,
     TrialRecorder,
-    caption_embeddings,
-    check_finite,
     device_and_dtype,
-    diffusion_loss,
     evaluate_pipeline,
     make_optimizer,
-    noisy_latents,
 )
 from trainables.common.lora import (
     ADAPTER_FILE,
@@ -35,8 +29,9 @@ from trainables.common.lora import (
     check_text_encoder_fields,
     save_lora,
 )
-from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
+from trainables.common.prior import check_prior_fields, resolved_prior
 from trainables.common.tracking import TrialContext, log_params
+from trainables.methods.dreambooth import subject_loop
 from trainables.models import load_for_training
 
 DEFAULT_TEXT_ENCODER_LR = 5e-5  # half the UNet's rate, as DreamBooth-LoRA users commonly tune it
@@ -82,7 +77,6 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
 
     cfg, args = trial.spec, trial.train
     device, weight_dtype = device_and_dtype(args)
-    data = ctx.prepared()
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -109,43 +103,7 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         eval_set=ctx.eval,
         artifact_path="adapter",
     )
-    cursor = BatchCursor(len(data.train), generator)
-    class_data, class_cursor = class_images(cfg, data, ctx, generator)
-    # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
-    trained = trained_parameters(unet=unet, text_encoder=text_encoder)
-    first_step = recorder.track(trained, stepper, {"batches": generator}, {"instance": cursor, "class": class_cursor})
-    autocast = args.mixed_precision != "no"
-
-    for step in range(first_step, args.max_steps + 1):
-        unet.train()
-        text_encoder.train(cfg.train_text_encoder)
-        # next batch: the instance latents, then as many class latents (prior preservation)
-        index = cursor.next(args.batch_size)
-        latents = data.train.sample_latents(index, generator)
-        if class_data is not None:
-            class_index = class_cursor.next(args.batch_size)
-            latents = torch.cat([latents, class_data.sample_latents(class_index, generator)])
-        # add noise at random timesteps
-        noisy, timesteps, target = noisy_latents(latents.to(device, weight_dtype), noise_scheduler, generator)
-
-        # encode the prompts (cached unless the text encoder trains) and predict the noise
-        with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
-            text = caption_embeddings(data.train, index, text_encoder, trial.cached_text, device, weight_dtype)
-            if class_data is not None:
-                class_text = caption_embeddings(class_data, class_index, text_encoder, trial.cached_text, device,
-                                                weight_dtype)  # fmt: skip
-                text = torch.cat([text, class_text.to(text.dtype)])
-            prediction = unet(noisy, timesteps, text).sample
-
-        # the instance loss, plus the weighted prior-preservation term
-        loss, terms = diffusion_loss(prediction, target, class_data is not None, prior_loss_weight(cfg))
-        check_finite(loss, step, f"lower unet_lr (now {cfg.unet_lr}) or use mixed_precision='bf16' or 'no'")
-
-        # update the adapter, then log, evaluate and checkpoint on schedule
-        stepper.step(loss)
-        recorder.after_step(step, loss, terms, stepper.lr)
-
-    recorder.finish(out_dir)
+    subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)
 
 
 __all__ = ["ADAPTER_FILE", "DreamBoothLoRAConfig", "run_name", "train_dreambooth_lora"]
