@@ -23,8 +23,20 @@ def parse_args(argv: list[str] | None, sweep: Sweep) -> argparse.Namespace:
         default=1,
         help="repeats of the grid, or trials drawn by random/optuna search (default 1)",
     )
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (preset default)")
-    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (preset default)")
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        help="Ray Train data-parallel workers per trial; batch_size is split over them (default: the sweep's, 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        "--gpus-per-worker",
+        type=float,
+        help="GPUs per trial worker, fractions allowed (preset default)",
+    )
+    parser.add_argument(
+        "--cpus-per-trial", "--cpus-per-worker", type=float, help="CPUs per trial worker (preset default)"
+    )
     parser.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
     parser.add_argument(
         "--max-failures",

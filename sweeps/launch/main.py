@@ -57,11 +57,21 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     sweep = with_preset(sweep, preset, args)
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else preset.cpus_per_trial
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
+    workers = args.workers_per_trial if args.workers_per_trial is not None else sweep.workers_per_trial
     _check_flags(sweep, args, cpus, gpus)
+    if workers < 1:
+        raise SweepError(f"--workers-per-trial {workers}: use 1 (the trial's own process) or more")
 
     # 1. every trial's config is checked before anything starts
     configs = expand_trials(sweep, args, 1 if sweep.search_alg == "optuna" else args.num_samples)
     trials = validate_trials(sweep, configs)
+    uneven = sorted({t.train.batch_size for t in trials if t.train.batch_size % workers})
+    if uneven:
+        raise SweepError(
+            f"batch_size {uneven[0]} cannot be split evenly over {workers} workers per trial (each worker takes "
+            f"batch_size / {workers} rows of every batch): use a batch_size divisible by {workers}, "
+            "or another --workers-per-trial"
+        )
     if gpus == 0 and any(t.train.mixed_precision != "no" for t in trials):
         raise SweepError(
             "mixed_precision='fp16' needs a GPU but trials get none: pass --gpus-per-trial 1, or --preset tiny on CPU"
@@ -110,7 +120,12 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
     print(f"[sdsweep] MLflow run {parent.info.run_id} in {tracking_uri}")
     try:
-        start_ray(cpus)
+        start_ray(cpus * workers, dashboard=workers > 1)
+        max_concurrent = _check_resources(cpus, gpus, workers, args.max_concurrent_trials)
+        if workers > 1:  # the trial only waits on its Train job, which reserves cpus/gpus per worker itself
+            from sweeps.launch.resources import waiting_trial_resources
+
+            resources = waiting_trial_resources()
         if resuming is None:
             mlflow.log_params(
                 {
@@ -118,6 +133,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                     "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
                     "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
                     "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+                    "workers_per_trial": workers,
                 }
             )  # fmt: skip
             mlflow.log_dict(
@@ -137,7 +153,8 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
             _log_references(eval_set)
         context = _trial_context(model, tracking_uri, exp_id, parent.info.run_id, eval_set, sampling, scorers)
         context = replace(context, mixed_precision=trials[0].train.mixed_precision,
-                          num_class_images=preset.num_class_images)  # fmt: skip
+                          num_class_images=preset.num_class_images, workers_per_trial=workers, cpus_per_worker=cpus,
+                          gpus_per_worker=gpus, storage_path=tune_path, max_failures=args.max_failures)  # fmt: skip
 
         # 4. the no-fine-tune baseline, same prompts and seeds (also proves model and scorers load)
         baseline_metrics = None
@@ -150,7 +167,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
 
         # 5. the trials
         results = _fit(sweep, args, configs, replace(context, data=data_ref), resources, tune_path, trials,
-                       restore=resuming is not None)  # fmt: skip
+                       restore=resuming is not None, max_concurrent=max_concurrent)  # fmt: skip
         failed = [r for r in results if r.error]
         close_orphan_runs(tracking_uri, exp_id, parent.info.run_id, results)
         print_summary(sweep, results, baseline_metrics)
@@ -210,6 +227,21 @@ def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: floa
                 f"--preset {args.preset} gives each trial {gpus:g} GPU and this machine has none: use --preset tiny "
                 "on CPU, or submit to a GPU cluster (ray job submit, see cluster.yaml)"
             )
+
+
+def _check_resources(cpus: float, gpus: float, workers: int, max_concurrent: int | None) -> int | None:
+    """Refuse, before any trial starts, trials no node set can hold; returns the cap on trials at once (a
+    multi-worker trial reserves its workers only inside its Train job, so Tune must not start more trials than
+    fit, or they would wait on each other's workers)."""
+    from sweeps.launch.resources import autoscaled_nodes, check_fits, live_nodes
+
+    shapes = live_nodes()
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: its launcher may add the node types of cluster.yaml
+        shapes += autoscaled_nodes(Path(os.environ.get("SDSWEEP_CLUSTER_YAML", "cluster.yaml")))
+    fits = check_fits(cpus, gpus, workers, shapes)
+    if workers == 1 or max_concurrent is not None:
+        return max_concurrent
+    return fits
 
 
 def _check_folder(flag: str, folder: Path) -> None:
@@ -307,7 +339,8 @@ def _trial_context(model, tracking_uri, exp_id, parent_run_id, eval_set, samplin
     )
 
 
-def _fit(sweep, args, configs, context, resources, tune_path: str, trials, restore: bool = False):
+def _fit(sweep, args, configs, context, resources, tune_path: str, trials, restore: bool = False,
+         max_concurrent: int | None = None):  # fmt: skip
     """Run the trials on Tune, in the run folder ``tune_path``; ``restore`` continues that folder's run
     (finished trials are not run again; unfinished and errored ones continue from their checkpoints)."""
     from ray import tune
@@ -338,7 +371,7 @@ def _fit(sweep, args, configs, context, resources, tune_path: str, trials, resto
             search_alg=search_alg(sweep),
             scheduler=scheduler(sweep, max_steps, min(min(t.train.eval_every, t.train.max_steps) for t in trials)),
             num_samples=num_samples,
-            max_concurrent_trials=args.max_concurrent_trials,
+            max_concurrent_trials=max_concurrent,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),

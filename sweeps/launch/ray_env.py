@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 
+from sweeps.launch.resources import TRIAL_SLOT
 from sweeps.launch.spec import SweepError
 
 # environment for the driver and, through Ray's runtime_env, for every task and trial process
@@ -35,7 +36,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def start_ray(cpus: float):
+def start_ray(cpus: float, dashboard: bool = False):
+    """Connect to ``RAY_ADDRESS`` or start a local Ray with at least ``cpus`` CPUs. ``dashboard``: trials
+    that run Ray Train jobs need Ray's state API (served by the dashboard) to free a stopped job's workers."""
     import ray
 
     env = {k: os.environ[k] for k in QUIET_ENV}  # a user's own settings win over the defaults
@@ -44,13 +47,28 @@ def start_ray(cpus: float):
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
     else:
+        extra = {}
+        if dashboard:
+            port = _free_port()
+            extra = dict(dashboard_host="127.0.0.1", dashboard_port=port)
+            env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(
             num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
-            include_dashboard=False,
+            include_dashboard=dashboard,
+            resources={TRIAL_SLOT: 10_000},  # see sweeps.launch.resources
+            **extra,
             logging_level=logging.WARNING,  # not "Started a local Ray instance."
             runtime_env={"env_vars": env},
             log_to_driver=True,
         )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def get_or_fail(ref, what: str):

@@ -34,6 +34,7 @@ class Sweep:
     scheduler: str = "fifo"  # fifo runs every trial to the end; asha stops weak trials at eval points
     metric: str = "eval/clip_t"  # what "best" means for the searcher, the scheduler and the summary
     mode: str = "max"
+    workers_per_trial: int = 1  # >1: each trial is a Ray Train job of this many data-parallel workers
 
     def all_arms(self) -> list[dict[str, Any]]:
         if self.arms and self.search_space:

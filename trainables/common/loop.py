@@ -20,6 +20,13 @@ import torch
 
 from trainables.common.checkpoint import Trained
 from trainables.common.config import PRECISION_DTYPES, TrainArgs, TrialError
+from trainables.common.distributed import (
+    any_worker,
+    average_gradients,
+    broadcast_parameters,
+    is_main,
+    mean_over_workers,
+)
 from trainables.common.session import report
 from trainables.common.tracking import (
     current_run_id,
@@ -122,7 +129,8 @@ def make_optimizer(param_groups: list[dict], args: TrainArgs, device: str) -> to
 
 
 class Stepper:
-    """One optimizer step per batch: scale (fp16), backward, unscale, clip, step, schedule."""
+    """One optimizer step per batch: scale (fp16), backward, average over workers, unscale, clip, step,
+    schedule."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], args: TrainArgs,
                  device: str):  # fmt: skip
@@ -137,6 +145,7 @@ class Stepper:
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)  # frees gradient memory between steps
         self.scaler.scale(loss).backward()
+        average_gradients(self.params)  # N Ray Train workers: every worker steps with the whole batch's gradient
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.scaler.step(self.optimizer)
@@ -149,8 +158,9 @@ class Stepper:
 
 
 def check_finite(loss: torch.Tensor, step: int, fix: str) -> None:
-    """Fail the trial (not the sweep) on a NaN or infinite loss, saying what to change."""
-    if not torch.isfinite(loss):
+    """Fail the trial (not the sweep) on a NaN or infinite loss, saying what to change; with several workers,
+    a bad loss on any worker's rows stops them all at the same step."""
+    if any_worker(not bool(torch.isfinite(loss))):
         raise TrialError(f"train/loss became {loss.item()} at step {step}: {fix}")
 
 
@@ -199,6 +209,7 @@ class TrialRecorder:
         self.logged_through = last_logged_step()
         with resume_checkpoint() as folder:
             if folder is None:
+                _same_on_every_worker(trained)
                 return 1
             step, extra = load_state(folder, **self.tracked)
         set_tags({"sdsweep.restored_from_step": str(step)})  # the run says where this attempt took over
@@ -219,11 +230,15 @@ class TrialRecorder:
             return
         metrics: dict[str, float] = {"step": step}
         if is_log:
-            metrics.update({key: float(total) / self.count for key, total in self.sums.items()})
+            sums = mean_over_workers(self.sums)  # the whole batch's loss, not one worker's rows
+            metrics.update({key: float(total) / self.count for key, total in sums.items()})
             metrics.update({"train/lr": lr, "train/time_s": time.perf_counter() - self.started})
             self.sums, self.count = {}, 0
         if not is_checkpoint:
             self._log(metrics, step)
+            report(metrics)
+            return
+        if not is_main():  # the other workers report too (Ray Train waits for every rank); rank 0 writes
             report(metrics)
             return
         eval_started = time.perf_counter()
@@ -260,9 +275,22 @@ class TrialRecorder:
 
     def finish(self, out_dir: Path) -> None:
         """Write the final files into the trial directory; fail the trial if its scores are not finite."""
+        if not is_main():
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # rank 0 may run on another node than the trial
         self.save(Path(out_dir))
         if not all(math.isfinite(v) for k, v in self.metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {self.metrics}: check the scorer models")
+
+
+def _same_on_every_worker(trained: Trained) -> None:
+    """Rank 0's initial trained tensors on every worker (seeded inits agree already; this makes it certain)."""
+    from trainables.common.distributed import world_size
+
+    if world_size() > 1:
+        state = trained.state()
+        broadcast_parameters(list(state.values()))
+        trained.load(state)
 
 
 def _size(path: Path) -> int:

@@ -38,6 +38,12 @@ class TrialContext:
     mixed_precision: str = "no"  # the trials' precision; the baseline samples at the same one on GPU
     num_class_images: int = 100  # class images per prior-preservation set when a trial does not say
     tags: dict[str, str] = field(default_factory=dict)
+    # a trial as a Ray Train job: its data-parallel workers and what each one gets
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    storage_path: str | None = None  # the sweep's Tune run folder; each trial's Train run lives under it
+    max_failures: int = 2  # restarts of a trial's worker group, each from its last checkpoint
 
     def prepared(self):
         """The sweep's prepared data (fetched from Ray's object store when it is a reference)."""

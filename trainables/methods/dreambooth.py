@@ -17,6 +17,7 @@ import torch
 from eval.scorers import load_scorers
 from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import bad, check_lr
+from trainables.common.distributed import shard
 from trainables.common.loop import (
     BatchCursor,
     Stepper,
@@ -147,6 +148,12 @@ def subject_loop(trial, ctx: TrialContext, out_dir: Path, unet, text_encoder, no
             latents = torch.cat([latents, class_data.sample_latents(class_index, generator)])
         # add noise at random timesteps
         noisy, timesteps, target = noisy_latents(latents.to(device, weight_dtype), noise_scheduler, generator)
+        # with N workers, each keeps its rows of the instance block and of the class block
+        blocks = 2 if class_data is not None else 1
+        noisy, timesteps, target = (shard(t, blocks) for t in (noisy, timesteps, target))
+        index = shard(index)
+        if class_data is not None:
+            class_index = shard(class_index)
 
         # encode the prompts (cached unless the text encoder trains) and predict the noise
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):

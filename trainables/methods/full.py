@@ -15,6 +15,7 @@ import torch
 from eval.scorers import load_scorers
 from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import check_lr
+from trainables.common.distributed import shard
 from trainables.common.loop import (
     BatchCursor,
     Stepper,
@@ -96,6 +97,8 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
         index = cursor.next(args.batch_size)
         latents = data.train.sample_latents(index, generator).to(device, weight_dtype)
         noisy, timesteps, target = noisy_latents(latents, noise_scheduler, generator)
+        # with N workers, each keeps its rows of the batch (the same batch and noise on every worker)
+        noisy, timesteps, target, index = (shard(t) for t in (noisy, timesteps, target, index))
 
         # predict the noise from the cached caption embeddings
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):

@@ -15,6 +15,7 @@ import torch
 from eval.scorers import load_scorers
 from trainables.common.checkpoint import trained_parameters
 from trainables.common.config import check_lr
+from trainables.common.distributed import shard
 from trainables.common.loop import (
     BatchCursor,
     Stepper,
@@ -119,6 +120,8 @@ def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         latents = data.train.sample_latents(index, generator).to(device, weight_dtype)
         # add noise at random timesteps
         noisy, timesteps, target = noisy_latents(latents, noise_scheduler, generator)
+        # with N workers, each keeps its rows of the batch (the same batch and noise on every worker)
+        noisy, timesteps, target, index = (shard(t) for t in (noisy, timesteps, target, index))
 
         # encode the captions (cached unless the text encoder trains) and predict the noise
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):

@@ -19,6 +19,7 @@ import torch
 from eval.scorers import load_scorers
 from trainables.common.checkpoint import Trained
 from trainables.common.config import TrialError, bad, check_lr, check_positive_ints
+from trainables.common.distributed import shard
 from trainables.common.loop import (
     BatchCursor,
     Stepper,
@@ -245,6 +246,8 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
         noisy, timesteps, target = noisy_latents(latents, noise_scheduler, generator)
         # a template caption per image
         choice = torch.randint(len(templates), (len(index),), generator=generator)
+        # with N workers, each keeps its rows of the batch (the same batch and noise on every worker)
+        noisy, timesteps, target, choice = (shard(t) for t in (noisy, timesteps, target, choice))
 
         # encode the captions (the placeholder rows get gradients) and predict the noise
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
