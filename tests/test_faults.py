@@ -26,11 +26,20 @@ def _one_trial_sweep():
     return replace(SWEEP, name="faults", search_space=space)
 
 
-def _kill_trial_after_first_checkpoint(storage: Path, killed: list, stop: threading.Event) -> None:
-    """Watch Tune's storage; at the first checkpoint, SIGKILL the trial's process (as a lost node would)."""
+# where the first checkpoint of a trial lands and which processes train it: the Tune trial itself (one
+# worker), or the workers of its Ray Train job (more)
+TRAINING = {1: ("faults-*/run_trial_*/checkpoint_*", "ray::ImplicitFunc"),
+            2: ("faults-*/train-*/checkpoint_manager_snapshot.json", "ray::RayTrainWorker")}  # fmt: skip
+# (Train writes its snapshot once a checkpoint is registered; a worker killed while the folder is still being
+# copied restarts from the one before, here from step 0)
+
+
+def _kill_trial_after_first_checkpoint(storage: Path, killed: list, stop: threading.Event, workers: int) -> None:
+    """Watch Tune's storage; at the first checkpoint, SIGKILL the processes that train (as a lost node would)."""
+    pattern, process = TRAINING[workers]
     while not stop.is_set():
-        if list(storage.glob("faults-*/run_trial_*/checkpoint_*")):
-            pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+        if list(storage.glob(pattern)):
+            pids = subprocess.run(["pgrep", "-f", process], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
@@ -39,17 +48,21 @@ def _kill_trial_after_first_checkpoint(storage: Path, killed: list, stop: thread
         time.sleep(0.1)
 
 
-def test_a_killed_trial_process_restarts_from_its_checkpoint_in_the_same_run(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["trial-process", "train-workers"])
+def test_a_killed_trial_process_restarts_from_its_checkpoint_in_the_same_run(tmp_path, workers):
+    """The same assertions for a trial in Tune's process and for a trial run as a 2-worker Train job."""
     from sweeps.launch import launch
 
     storage, uri = tmp_path / "ray", f"sqlite:///{tmp_path}/mlflow.db"
     killed, stop = [], threading.Event()
-    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(storage, killed, stop), daemon=True)
+    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(storage, killed, stop, workers),
+                               daemon=True)  # fmt: skip
     watcher.start()
     try:
         code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "30", "--max-chars", "160",
                                            "--cache-dir", str(tmp_path / "cache"), "--storage-path", str(storage),
-                                           "--mlflow-uri", uri, "--report-dir", str(tmp_path / "reports")])  # fmt: skip
+                                           "--mlflow-uri", uri, "--report-dir", str(tmp_path / "reports"),
+                                           "--workers-per-trial", str(workers)])  # fmt: skip
     finally:
         stop.set()
     assert killed, "the trial finished before its first checkpoint: nothing was killed"
@@ -64,6 +77,10 @@ def test_a_killed_trial_process_restarts_from_its_checkpoint_in_the_same_run(tmp
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == [5, 10, 15, 20, 25, 30]  # each logged step once: no gap, no repeat
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")) == [10, 20, 30]
+    adapters = [f.path for f in client.list_artifacts(run.info.run_id, "adapter")]
+    assert adapters == ["adapter/pytorch_lora_weights.safetensors"]  # one adapter, whatever the workers
+    assert run.data.params.get("workers_per_trial", "1") == str(workers)
+    assert run.data.tags["sdsweep.node_id"]  # where the last attempt trained
 
 
 def resume_sweep():

@@ -50,6 +50,9 @@ def launch(sweep: Sweep, argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
 
 
 def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
@@ -94,6 +97,15 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     import mlflow
     import ray
 
+    # 3. Ray, and whether its nodes can ever hold a trial: refused here, before any MLflow run exists
+    start_ray(cpus * workers, dashboard=workers > 1)  # shut down in launch() whatever happens next
+    max_concurrent = _check_resources(cpus, gpus, workers, args.max_concurrent_trials)
+    resources = {"cpu": cpus, "gpu": gpus}
+    if workers > 1:  # the trial only waits on its Train job, which reserves cpus/gpus per worker itself
+        from sweeps.launch.resources import waiting_trial_resources
+
+        resources = waiting_trial_resources()
+
     exp_id = experiment_id(sweep.name, tracking_uri)
     found = unfinished_launches(tracking_uri, exp_id, sweep.name)
     resuming = check_unfinished(found, sweep.name, args.resume, args.fresh)
@@ -115,17 +127,10 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         tags = {"sdsweep.sweep": sweep.name, "sdsweep.tune_path": tune_path, "sdsweep.driver": driver_tag(),
                 "sdsweep.space_hash": space_hash(configs)}  # fmt: skip
         parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
-    resources = {"cpu": cpus, "gpu": gpus}
     if resuming is None:
         print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
     print(f"[sdsweep] MLflow run {parent.info.run_id} in {tracking_uri}")
     try:
-        start_ray(cpus * workers, dashboard=workers > 1)
-        max_concurrent = _check_resources(cpus, gpus, workers, args.max_concurrent_trials)
-        if workers > 1:  # the trial only waits on its Train job, which reserves cpus/gpus per worker itself
-            from sweeps.launch.resources import waiting_trial_resources
-
-            resources = waiting_trial_resources()
         if resuming is None:
             mlflow.log_params(
                 {
@@ -233,11 +238,11 @@ def _check_resources(cpus: float, gpus: float, workers: int, max_concurrent: int
     """Refuse, before any trial starts, trials no node set can hold; returns the cap on trials at once (a
     multi-worker trial reserves its workers only inside its Train job, so Tune must not start more trials than
     fit, or they would wait on each other's workers)."""
-    from sweeps.launch.resources import autoscaled_nodes, check_fits, live_nodes
+    from sweeps.launch.resources import AUTOSCALING_CONFIG, autoscaled_nodes, check_fits, live_nodes
 
     shapes = live_nodes()
-    if os.environ.get("RAY_ADDRESS"):  # a cluster: its launcher may add the node types of cluster.yaml
-        shapes += autoscaled_nodes(Path(os.environ.get("SDSWEEP_CLUSTER_YAML", "cluster.yaml")))
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: its autoscaler may add nodes of the types its config lists
+        shapes += autoscaled_nodes(Path(os.environ.get("SDSWEEP_CLUSTER_YAML", AUTOSCALING_CONFIG)).expanduser())
     fits = check_fits(cpus, gpus, workers, shapes)
     if workers == 1 or max_concurrent is not None:
         return max_concurrent

@@ -2,7 +2,9 @@
 
 A trial is ``workers`` Ray Train workers of ``cpus`` CPUs and ``gpus`` GPUs each (one worker: the trial
 itself). A worker must fit on one node; all of a trial's workers must fit on the cluster at once. The nodes
-counted are the live ones plus, on an autoscaling cluster, the node types its ``cluster.yaml`` may add.
+counted are the live ones plus, on an autoscaling cluster, the worker types its config may add: the copy of
+``cluster.yaml`` that ``ray up`` leaves on the head (where a ``ray job submit`` driver runs), or the file
+``SDSWEEP_CLUSTER_YAML`` names.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from sweeps.launch.spec import SweepError
 # A multi-worker trial's own process only waits on its Train job; it holds one of these (advertised by the
 # local Ray and cluster.yaml's head) instead of a CPU a worker needs.
 TRIAL_SLOT = "sdsweep_trial"
+# the autoscaling config `ray up` writes on the head node (cluster.yaml's head start command passes it to Ray)
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
 def waiting_trial_resources() -> dict:

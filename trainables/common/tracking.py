@@ -105,6 +105,7 @@ def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] 
         )
     base = Path(folder) if folder is not None else Path.cwd()
     _outbox = Outbox(ctx.tracking_uri, run.info.run_id, base / OUTBOX_DIR / run.info.run_id)
+    set_tags(_where())  # the node of this attempt (a restarted trial may run elsewhere)
     status = "FINISHED"
     try:
         yield run
@@ -119,6 +120,21 @@ def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] 
         outbox, _outbox = _outbox, None
         outbox.put("end", {"status": status})
         outbox.close(FLUSH_TIMEOUT_S)
+
+
+def _where() -> dict[str, str]:
+    """The host and Ray node this process runs on."""
+    import socket
+
+    tags = {"sdsweep.host": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["sdsweep.node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # the tag is information, not a reason to fail a trial
+        pass
+    return tags
 
 
 def _record_failure(err: BaseException) -> None:
