@@ -48,6 +48,10 @@ def launch(sweep: Sweep, argv: list[str] | None = None) -> int:
     try:
         return _launch(sweep, args)
     except SweepError as err:
+        if os.environ.get("SDSWEEP_DEBUG"):  # the cause's traceback, for a bug report
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 from sweeps.launch.resources import TRIAL_SLOT
 from sweeps.launch.spec import SweepError
+from trainables.common.quiet import QUIET_ENV, quiet_libraries
 
-# environment for the driver and, through Ray's runtime_env, for every task and trial process
-QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    # our trials report train/loss between evals; results without eval/* are expected, not an error
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..." on a fresh store
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
-}
-
-
-def quiet_libraries() -> None:
-    """Keep the console to what a person needs: progress, results, errors."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    for name in ("mlflow", "huggingface_hub", "httpx", "alembic", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+__all__ = ["QUIET_ENV", "get_or_fail", "quiet_libraries", "start_ray"]
 
 
 def start_ray(cpus: float, dashboard: bool = False):
@@ -44,7 +20,11 @@ def start_ray(cpus: float, dashboard: bool = False):
     env = {k: os.environ[k] for k in QUIET_ENV}  # a user's own settings win over the defaults
     # Ray 2.60 announces, once per machine, that it wrote an auth token: nothing for the user to do
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a running cluster
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # inside `ray job submit`
+        # no runtime_env here: a driver's own one changes the job's, and Ray then deletes the working dir the
+        # driver runs in (MLflow fails on os.getcwd()); the trial processes quiet their libraries themselves
+        ray.init(log_to_driver=True)
+    elif os.environ.get("RAY_ADDRESS"):  # pointed at a running cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         extra = {}
