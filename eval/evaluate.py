@@ -87,6 +87,7 @@ def score_images(
     scorers: Scorers,
     metrics: tuple[str, ...] | None = None,
     references: tuple[Image.Image, ...] = (),
+    items: dict[str, list[float | None]] | None = None,
 ) -> dict[str, float]:
     """The eval metrics for ``images[i]`` sampled from ``prompts[i]``; ``metrics`` limits which (default all
     that the inputs allow).
@@ -99,6 +100,10 @@ def score_images(
     - ``eval/glyph_purity`` (every image), ``eval/glyph_iou`` (prompts with a reference).
 
     Cosines are raw (in [-1, 1]); CLIPScore is in [0, 2.5]; purity and IoU are fractions in [0, 1].
+
+    With ``items``, also each metric per prompt (``items[metric][i]`` for ``prompts[i]``, None where the
+    metric does not apply to that prompt): the metric is the mean of its items, so a comparison of two models
+    on the same prompts and seeds can pair them (see :mod:`eval.verdict`).
     """
     if len(images) != len(prompts) or not images:
         raise ValueError(f"need one image per prompt, got {len(images)} images for {len(prompts)} prompts")
@@ -108,25 +113,41 @@ def score_images(
         return wanted is None or name in wanted
 
     out: dict[str, float] = {}
+    per: dict[str, list[float | None]] = items if items is not None else {}
+
+    def keep(name: str, rows: list[int], values) -> None:
+        if items is not None:
+            per[name] = [None] * len(prompts)
+            for row, value in zip(rows, values, strict=True):
+                per[name][row] = float(value)
+
     image_clip = scorers.clip.embed_images(images)
     text_clip = scorers.clip.embed_texts([p.score_text or p.text for p in prompts])
     for group, suffix in (("main", ""), ("plain", "_plain")):
         rows = [i for i, p in enumerate(prompts) if p.group == group]
+        cosines = (image_clip[rows] * text_clip[rows]).sum(dim=-1).tolist() if rows else []
         if rows and want(f"eval/clip_t{suffix}"):
             out[f"eval/clip_t{suffix}"] = clip_t_score(image_clip[rows], text_clip[rows])
+            keep(f"eval/clip_t{suffix}", rows, cosines)
         if rows and want(f"eval/clip_score{suffix}"):
             out[f"eval/clip_score{suffix}"] = clip_score(image_clip[rows], text_clip[rows])
+            keep(f"eval/clip_score{suffix}", rows, [2.5 * max(c, 0.0) for c in cosines])
     if want("eval/glyph_purity"):
-        out["eval/glyph_purity"] = _mean(glyph_purity(img) for img in images)
+        purity = [glyph_purity(img) for img in images]
+        out["eval/glyph_purity"] = _mean(purity)
+        keep("eval/glyph_purity", list(range(len(images))), purity)
 
     main = [i for i, p in enumerate(prompts) if p.group == "main"]
     if references and main and (want("eval/clip_i") or want("eval/dino")):
         refs = list(references)
         if want("eval/clip_i"):
-            out["eval/clip_i"] = mean_pairwise_cosine(image_clip[main], scorers.clip.embed_images(refs))
+            ref_clip = scorers.clip.embed_images(refs)
+            out["eval/clip_i"] = mean_pairwise_cosine(image_clip[main], ref_clip)
+            keep("eval/clip_i", main, (image_clip[main] @ ref_clip.T).mean(dim=1).tolist())
         if want("eval/dino"):
-            gen_dino = scorers.dino.embed_images([images[i] for i in main])
-            out["eval/dino"] = mean_pairwise_cosine(gen_dino, scorers.dino.embed_images(refs))
+            gen_dino, ref_dino = scorers.dino.embed_images([images[i] for i in main]), scorers.dino.embed_images(refs)
+            out["eval/dino"] = mean_pairwise_cosine(gen_dino, ref_dino)
+            keep("eval/dino", main, (gen_dino @ ref_dino.T).mean(dim=1).tolist())
         return out
 
     with_ref = [i for i, p in enumerate(prompts) if p.reference is not None]
@@ -135,24 +156,29 @@ def score_images(
         gens = [images[i] for i in with_ref]
         if want("eval/clip_i"):  # each generated image against its own prompt's ground truth
             ref_clip = scorers.clip.embed_images(refs)
-            out["eval/clip_i"] = _mean(
-                mean_pairwise_cosine(image_clip[i : i + 1], ref_clip[k : k + 1]) for k, i in enumerate(with_ref)
-            )
+            values = [mean_pairwise_cosine(image_clip[i : i + 1], ref_clip[k : k + 1]) for k, i in enumerate(with_ref)]
+            out["eval/clip_i"] = _mean(values)
+            keep("eval/clip_i", with_ref, values)
         if want("eval/dino"):
             ref_dino, gen_dino = scorers.dino.embed_images(refs), scorers.dino.embed_images(gens)
-            out["eval/dino"] = _mean(
-                mean_pairwise_cosine(gen_dino[k : k + 1], ref_dino[k : k + 1]) for k in range(len(with_ref))
-            )
+            values = [mean_pairwise_cosine(gen_dino[k : k + 1], ref_dino[k : k + 1]) for k in range(len(with_ref))]
+            out["eval/dino"] = _mean(values)
+            keep("eval/dino", with_ref, values)
         if want("eval/glyph_iou"):
-            out["eval/glyph_iou"] = _mean(glyph_iou(g, r) for g, r in zip(gens, refs, strict=True))
+            values = [glyph_iou(g, r) for g, r in zip(gens, refs, strict=True)]
+            out["eval/glyph_iou"] = _mean(values)
+            keep("eval/glyph_iou", with_ref, values)
     return out
 
 
 def evaluate(pipe, eval_set: EvalSet, scorers: Scorers, cfg: SamplingConfig):
-    """Sample every prompt of ``eval_set`` once and score the samples: returns ``(metrics, images)``."""
+    """Sample every prompt of ``eval_set`` once and score the samples: returns ``(metrics, images, items)``
+    with ``items`` each metric per prompt (see :func:`score_images`)."""
     prompts = list(eval_set.prompts)
     images = sample_images(pipe, prompts, cfg)
-    return score_images(images, prompts, scorers, eval_set.metrics, eval_set.references), images
+    items: dict[str, list[float | None]] = {}
+    metrics = score_images(images, prompts, scorers, eval_set.metrics, eval_set.references, items=items)
+    return metrics, images, items
 
 
 def _mean(values) -> float:

@@ -39,6 +39,7 @@ class ReportRow:
     params: dict[str, str]
     metrics: dict[str, float]
     images: dict[str, Path] = field(default_factory=dict)  # prompt file stem -> local image
+    items: dict[str, list[float | None]] | None = None  # each metric per prompt (scores/final.json)
 
 
 def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list[ReportRow]:
@@ -63,6 +64,7 @@ def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list
         )
         if image_dir is not None:
             row.images = _download_samples(client, run.info.run_id, image_dir / run.info.run_id)
+            row.items = _download_items(client, run.info.run_id, image_dir / run.info.run_id)
         rows.append(row)
     rows.sort(key=lambda r: r.kind != "baseline")  # stable: trials keep their start order
     return rows
@@ -90,6 +92,41 @@ def _download_samples(client, run_id: str, dest: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(local.glob("*.png"))}
 
 
+def _download_items(client, run_id: str, dest: Path) -> dict[str, list[float | None]] | None:
+    if not any(a.path == "scores/final.json" for a in client.list_artifacts(run_id, "scores")):
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(run_id, "scores/final.json", str(dest)))
+    return json.loads(local.read_text(encoding="utf-8"))["items"]
+
+
+def sweep_verdict(rows: list[ReportRow], metric: str, mode: str, about: str = ""):
+    """The verdict (eval.verdict) of the trials against the baseline on ``metric``, paired prompt by prompt."""
+    from eval.verdict import decide
+
+    def entry(row: ReportRow) -> dict:
+        value = row.metrics.get(metric)
+        items = (row.items or {}).get(metric)
+        return {"name": row.name, "run_id": row.run_id, "value": value, "items": items}
+
+    baselines = [r for r in rows if r.kind == "baseline"]
+    baseline = entry(baselines[0]) if baselines else {"name": "baseline", "value": math.nan, "items": None}
+    if baseline["value"] is None:
+        baseline["value"] = math.nan
+    # finished trials only: a trial the scheduler stopped early was scored at an earlier step
+    trials = [entry(r) for r in rows if r.kind == "trial" and r.status == "FINISHED"]
+    return decide(metric, mode, baseline, trials, about)
+
+
+def describe_source(params: dict[str, str]) -> str:
+    """Which preset, model and scorers produced the numbers (from the parent run's params)."""
+    preset, model, scorers = params.get("preset", "?"), params.get("model", "?"), params.get("scorers", "?")
+    text = f"Numbers from preset {preset}, model {model}, scorers {scorers}."
+    if preset == "tiny":
+        text += " The tiny preset's models and scorers have random weights: its scores test the machinery, not quality."
+    return text
+
+
 def best_values(rows: list[ReportRow], columns: list[str]) -> dict[str, float]:
     """Best value per metric column over all rows (baseline included): max for eval scores, min for loss."""
     best = {}
@@ -108,7 +145,8 @@ def varying_params(rows: list[ReportRow]) -> list[str]:
     return ["method"] + [k for k in varying if k != "method"]
 
 
-def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str) -> str:
+def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str,
+                    verdict_lines: tuple[str, ...] = ()) -> str:  # fmt: skip
     params = varying_params(rows)
     metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
     sizes = sorted({k for r in rows for k in r.metrics if k.endswith("/size_mb")})  # adapter, model, embeddings
@@ -118,11 +156,13 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
     winner = (max if mode == "max" else min)(trials, key=lambda r: r.metrics[metric]) if trials else None
 
     lines = [f"# {title}: sweep report", ""]
+    if verdict_lines:
+        lines += ["## Verdict", "", *verdict_lines, ""]
+    elif winner:
+        lines.append(f"Highest `{metric}` ({mode}): {winner.name} ({winner.metrics[metric]:.4f}).")
     lines.append(
         f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline."
     )
-    if winner:
-        lines.append(f"Best trial by `{metric}` ({mode}): **{winner.name}** ({winner.metrics[metric]:.4f}).")
     lines += ["Best value of each metric in **bold** (baseline included). Cosines are raw, in [-1, 1].", ""]
     header = ["run", "status", *params, *metric_cols, *extra_cols]
     lines.append("| " + " | ".join(_column_title(h) for h in header) + " |")
@@ -224,7 +264,22 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         references = _download_references(client, parent_run_id, Path(tmp) / "references")
         render_grid(rows, references).save(out_dir / "grid.png")
     render_metrics_plot(client, rows, out_dir / "metrics.png")
-    (out_dir / "report.md").write_text(render_markdown(rows, title, parent_run_id, metric, mode), encoding="utf-8")
+    verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
+    (out_dir / "report.md").write_text(
+        render_markdown(rows, title, parent_run_id, metric, mode, verdict.lines), encoding="utf-8"
+    )
+    delta = verdict.delta
+    (out_dir / "verdict.json").write_text(
+        json.dumps(
+            {"metric": metric, "mode": mode, "winner": verdict.winner, "winner_run_id": verdict.winner_run_id,
+             "winner_value": verdict.winner_value, "baseline_value": verdict.baseline_value,
+             "delta": None if delta is None else {"mean": delta.mean, "low": delta.low, "high": delta.high,
+                                                  "n": delta.n, "stderr": delta.stderr},
+             "beats_baseline": list(verdict.beaten_by), "lines": list(verdict.lines)},
+            indent=2, ensure_ascii=False, allow_nan=True,
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
     (out_dir / "rows.json").write_text(
         json.dumps(
             [

@@ -81,3 +81,28 @@ def test_scores_of_images_equal_to_their_references(tiny_scorers, kanji_dir):
         tiny_scorers.clip.embed_texts([p.text for p in prompts]),
     )
     assert metrics["eval/clip_t"] == pytest.approx(float((img_e * txt_e).sum(-1).mean()), abs=1e-6)
+
+
+def test_per_prompt_items_average_to_each_metric(tiny_scorers, kanji_dir):
+    """The items the verdict pairs are the metric's own terms: their mean is the metric, for references per
+    prompt (kanji) and for a set of subject photos (DreamBooth's all-pairs scores), and None where a metric
+    does not apply to a prompt."""
+    from trainables.data.kanji import load_image, load_records
+
+    records = load_records(kanji_dir)[:3]
+    glyphs = [load_image(kanji_dir, r) for r in records]
+    prompts = [EvalPrompt(r.character, r.caption, i, g) for i, (r, g) in enumerate(zip(records, glyphs, strict=True))]
+    prompts.append(EvalPrompt("novel/internet", 'kanji meaning "internet"', 3))
+    images = [glyphs[1], glyphs[0], Image.new("RGB", (64, 64), "grey"), glyphs[2]]
+    subject = [EvalPrompt("a", "a sks toy", 0, score_text="a toy"), EvalPrompt("b", "a sks toy", 1),
+               EvalPrompt("p", "a toy", 2, group="plain")]  # fmt: skip
+    cases = [(images, prompts, ()), (images[:3], subject, tuple(glyphs))]
+    for imgs, prs, refs in cases:
+        items = {}
+        metrics = score_images(imgs, prs, tiny_scorers, references=refs, items=items)
+        assert set(items) == set(metrics)
+        for name, value in metrics.items():
+            values = [v for v in items[name] if v is not None]
+            assert len(items[name]) == len(prs) and values, name
+            assert sum(values) / len(values) == pytest.approx(value, abs=1e-6), name
+    assert items["eval/clip_i"][2] is None  # the plain prompt is not scored against the subject photos

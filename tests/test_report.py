@@ -8,7 +8,7 @@ from PIL import Image
 from reports.compare import build_report
 
 
-def _child(experiment, parent_id, name, kind, params, metrics, color):
+def _child(experiment, parent_id, name, kind, params, metrics, color, iou_items=None):
     with mlflow.start_run(experiment_id=experiment, run_name=name,
                           tags={"mlflow.parentRunId": parent_id, "sdsweep.kind": kind}):  # fmt: skip
         mlflow.log_params(params)
@@ -18,6 +18,8 @@ def _child(experiment, parent_id, name, kind, params, metrics, color):
         mlflow.log_metrics(metrics, step=2)
         for i, prompt in enumerate(("heldout-seven", "novel-internet")):
             mlflow.log_image(Image.new("RGB", (64, 64), color), artifact_file=f"samples/final/{i:02d}_{prompt}.png")
+        if iou_items is not None:  # per-prompt scores, as trials and the baseline log them
+            mlflow.log_dict({"step": 2, "prompts": [], "items": {"eval/glyph_iou": iou_items}}, "scores/final.json")
 
 
 def test_report_rows_best_marks_and_grid(tmp_path):
@@ -26,13 +28,14 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     experiment = mlflow.create_experiment("kanji_rank", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment, run_name="sweep", tags={"sdsweep.sweep": "kanji_rank"}) as parent:
         mlflow.log_image(Image.new("RGB", (64, 64), "white"), artifact_file="references/00_heldout-seven.png")
+        mlflow.log_params({"preset": "tiny", "model": "/cache/tiny-sd", "scorers": "CLIP tiny-clip-64, DINO tiny"})
     pid = parent.info.run_id
     _child(experiment, pid, "baseline", "baseline", {"method": "none"},
-           {"eval/clip_t": 0.20, "eval/glyph_iou": 0.10}, "grey")  # fmt: skip
+           {"eval/clip_t": 0.20, "eval/glyph_iou": 0.10}, "grey", [0.10, 0.10])  # fmt: skip
     _child(experiment, pid, "lora-r1-a1-00000", "trial", {"method": "lora", "lora_rank": 1, "seed": 0},
-           {"eval/clip_t": 0.25, "eval/glyph_iou": 0.30, "train/time_s": 12.0}, "red")  # fmt: skip
+           {"eval/clip_t": 0.25, "eval/glyph_iou": 0.30, "train/time_s": 12.0}, "red", [0.30, 0.30])  # fmt: skip
     _child(experiment, pid, "lora-r4-a4-00001", "trial", {"method": "lora", "lora_rank": 4, "seed": 0},
-           {"eval/clip_t": 0.22, "eval/glyph_iou": 0.40, "train/time_s": 15.0}, "blue")  # fmt: skip
+           {"eval/clip_t": 0.22, "eval/glyph_iou": 0.40, "train/time_s": 15.0}, "blue", [0.35, 0.45])  # fmt: skip
 
     report = build_report(uri, pid, tmp_path / "out", metric="eval/glyph_iou", mode="max")
 
@@ -45,7 +48,16 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     assert "seed" not in table[0]  # constant params are not columns
     assert "| baseline (no fine-tune) | FINISHED | none |  | 0.2000 | 0.1000 |" in text
     assert "| **0.2500** |" in table[2] and "| **0.4000** |" in table[3]  # best per metric in bold
-    assert "Best trial by `eval/glyph_iou` (max): **lora-r4-a4-00001** (0.4000)" in text
+    # the verdict on top: the winner, its paired difference to the baseline with its interval, the source
+    verdict = text.split("## Verdict", 1)[1].split("MLflow parent run", 1)[0]
+    assert ("Best trial by glyph_iou (higher is better): lora-r4-a4-00001, 0.4000 vs baseline (no fine-tune) "
+            "0.1000: difference +0.3000 (95% CI +0.2500 to +0.3500 over 2 prompts).") in verdict  # fmt: skip
+    assert "It beats the baseline" in verdict
+    assert "preset tiny, model /cache/tiny-sd, scorers CLIP tiny-clip-64, DINO tiny" in verdict
+    assert "random weights" in verdict
+    saved = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert saved["winner"] == "lora-r4-a4-00001" and saved["delta"]["n"] == 2
+    assert saved["beats_baseline"] == ["lora-r1-a1-00000", "lora-r4-a4-00001"]
     # lower loss is better: r1 logged 0.5 * 0.25 = 0.125 last, r4 0.5 * 0.22 = 0.11
     assert "**0.1100**" in table[3]
 

@@ -70,6 +70,21 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     assert {"report/report.md", "report/grid.png", "report/rows.json", "report/metrics.png"} <= logged
     assert len(client.list_artifacts(parents[0].info.run_id, "references")) == 4
 
+    # the verdict: every run's per-prompt scores, the winner's paired difference to the baseline on the parent
+    for run in children:
+        local = client.download_artifacts(run.info.run_id, "scores/final.json", str(tmp_path / run.info.run_id))
+        scores = json.loads(open(local).read())
+        assert len(scores["prompts"]) == 7 and len(scores["items"]["eval/glyph_iou"]) == 7
+        held_out = [v for v in scores["items"]["eval/glyph_iou"] if v is not None]
+        assert sum(held_out) / len(held_out) == pytest.approx(run.data.metrics["eval/glyph_iou"], abs=1e-6)
+    verdict = json.loads((tmp_path / "reports" / "kanji_rank" / "verdict.json").read_text())
+    parent = client.get_run(parents[0].info.run_id)
+    assert parent.data.tags["sdsweep.best_trial"] == verdict["winner"] and verdict["delta"]["n"] == 4
+    assert parent.data.metrics["best/delta"] == pytest.approx(verdict["delta"]["mean"])
+    verdicts = ("beats the baseline", "no trial beats the baseline beyond the spread")
+    assert parent.data.tags["sdsweep.verdict"] in verdicts
+    assert any("random weights" in line for line in verdict["lines"])
+
 
 def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
     _, tmp_path = kanji_rank_run

@@ -9,7 +9,14 @@ import torch
 from eval.evaluate import evaluate
 from eval.scorers import load_scorers
 from trainables.common.config import PRECISION_DTYPES
-from trainables.common.tracking import TrialContext, child_run, log_metrics, log_params, log_samples
+from trainables.common.tracking import (
+    TrialContext,
+    child_run,
+    log_item_scores,
+    log_metrics,
+    log_params,
+    log_samples,
+)
 from trainables.models import load_pipeline
 
 
@@ -26,7 +33,8 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
         pipe = load_pipeline(ctx.model).to(device, dtype if device == "cuda" else torch.float32)
         pipe.set_progress_bar_config(disable=True)
         scorers = load_scorers(ctx.scorers, device)
-        metrics, images = evaluate(pipe, ctx.eval, scorers, ctx.sampling)
+        metrics, images, items = evaluate(pipe, ctx.eval, scorers, ctx.sampling)
         log_metrics(metrics, step=0)
         log_samples(list(ctx.eval.prompts), images, step=0, final=True)
+        log_item_scores(list(ctx.eval.prompts), items, step=0)
         return metrics

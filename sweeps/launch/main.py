@@ -142,7 +142,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                     "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
                     "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
                     "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-                    "workers_per_trial": workers,
+                    "workers_per_trial": workers, "scorers": _scorer_names(scorers),
                 }
             )  # fmt: skip
             mlflow.log_dict(
@@ -186,6 +186,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
 
         report_dir = Path(args.report_dir).expanduser().resolve() / sweep.name
         report = build_report(tracking_uri, parent.info.run_id, report_dir, sweep.metric, sweep.mode)
+        verdict = _record_verdict(report_dir)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         mlflow.set_tag("sdsweep.complete", "true")
         mlflow.end_run(status="FAILED" if failed and len(failed) == len(results) else "FINISHED")
@@ -195,6 +196,8 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
 
+    for line in verdict:
+        print(f"[sdsweep] {line}")
     print(f"[sdsweep] report: {report} (also in MLflow run {parent.info.run_id}, artifacts report/)")
     if tracking_uri.startswith("sqlite:"):
         print(
@@ -236,6 +239,39 @@ def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: floa
                 f"--preset {args.preset} gives each trial {gpus:g} GPU and this machine has none: use --preset tiny "
                 "on CPU, or submit to a GPU cluster (ray job submit, see cluster.yaml)"
             )
+
+
+def _scorer_names(scorers: ScorerSpec) -> str:
+    """The scorer models as a short text: names, or the folder names of local ones."""
+
+    def short(name: str | None) -> str:
+        return Path(name.removeprefix("local-dir:")).name if name and ("/" in name) else str(name)
+
+    clip = short(scorers.clip_model) + (f" ({scorers.clip_pretrained})" if scorers.clip_pretrained else "")
+    return f"CLIP {clip}, DINO {short(scorers.dino_model)}"
+
+
+def _record_verdict(report_dir: Path) -> list[str]:
+    """The report's verdict on the parent run (the best trial, its difference to the baseline and that
+    difference's interval); returns the lines to print."""
+    import json
+    import math
+
+    import mlflow
+
+    verdict = json.loads((report_dir / "verdict.json").read_text(encoding="utf-8"))
+    beats = verdict["winner"] is not None and verdict["winner"] in verdict["beats_baseline"]
+    mlflow.set_tags({
+        "sdsweep.best_trial": verdict["winner"] or "",
+        "sdsweep.best_run_id": verdict["winner_run_id"] or "",
+        "sdsweep.verdict": "beats the baseline" if beats else "no trial beats the baseline beyond the spread",
+    })  # fmt: skip
+    delta = verdict["delta"] or {}
+    values = {"best/value": verdict["winner_value"], "baseline/value": verdict["baseline_value"],
+              "best/delta": delta.get("mean"), "best/delta_low": delta.get("low"),
+              "best/delta_high": delta.get("high")}  # fmt: skip
+    mlflow.log_metrics({k: v for k, v in values.items() if isinstance(v, float) and math.isfinite(v)})
+    return verdict["lines"]
 
 
 def _check_resources(cpus: float, gpus: float, workers: int, max_concurrent: int | None) -> int | None:

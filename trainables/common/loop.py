@@ -32,6 +32,7 @@ from trainables.common.tracking import (
     current_run_id,
     drain_writes,
     log_files,
+    log_item_scores,
     log_metrics,
     log_samples,
     set_tags,
@@ -243,10 +244,11 @@ class TrialRecorder:
             return
         eval_started = time.perf_counter()
         if is_eval:
-            scores, images = self.evaluate()
+            scores, images, items = self.evaluate()
             metrics.update(scores)
-            if step > self.logged_through:  # samples/final: the latest eval's
+            if step > self.logged_through:  # samples/final and scores/final.json: the latest eval's
                 log_samples(list(self.eval_set.prompts), images, step, final=True)
+                log_item_scores(list(self.eval_set.prompts), items, step)
         with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
             files = self.save(Path(checkpoint))
             if is_eval:
@@ -308,7 +310,8 @@ def caption_embeddings(data, index: torch.Tensor, text_encoder, cached: bool, de
 
 
 def evaluate_pipeline(pipe, eval_set, scorers, sampling):
-    """Sample and score ``eval_set`` with ``pipe``'s current (trained) modules in eval mode."""
+    """Sample and score ``eval_set`` with ``pipe``'s current (trained) modules in eval mode: ``(metrics,
+    images, per-prompt items)``."""
     from eval.evaluate import evaluate
 
     pipe.unet.eval()

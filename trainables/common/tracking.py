@@ -221,6 +221,25 @@ def log_samples(prompts: list[EvalPrompt], images: list, step: int, final: bool)
                 _outbox.put("image", {"artifact_file": f"samples/final/{name}.png"}, {"image.png": path})
 
 
+ITEM_SCORES = "scores/final.json"  # the latest eval's per-prompt scores; the report pairs them with the baseline's
+
+
+def log_item_scores(prompts: list[EvalPrompt], items: dict[str, list[float | None]], step: int) -> None:
+    """Queue ``scores/final.json``: each metric per prompt, with the prompt's name, text and seed, so a trial
+    and the baseline can be compared prompt by prompt."""
+    import json
+    import tempfile
+
+    if _outbox is None:
+        return
+    record = {"step": step, "prompts": [{"name": p.name, "text": p.text, "seed": p.seed} for p in prompts],
+              "items": items}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(ITEM_SCORES).name
+        path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        _outbox.put("files", {"artifact_path": str(Path(ITEM_SCORES).parent)}, {path.name: path})
+
+
 def log_files(files: list[Path], artifact_path: str) -> None:
     """Queue files and folders for the open run, under ``artifact_path`` (copied first: the caller may
     delete them)."""
