@@ -199,12 +199,13 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     for line in verdict:
         print(f"[sdsweep] {line}")
     print(f"[sdsweep] report: {report} (also in MLflow run {parent.info.run_id}, artifacts report/)")
+    # MLflow 3's UI opens an experiment on its GenAI pages; this route opens the runs table, trials nested
+    runs_page = f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
     if tracking_uri.startswith("sqlite:"):
-        print(
-            f"[sdsweep] browse the runs: {mlflow_cli()} ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)"
-        )
+        print(f"[sdsweep] browse the runs: {mlflow_cli()} ui --backend-store-uri {tracking_uri}, then open "
+              f"http://127.0.0.1:5000/{runs_page}")  # fmt: skip
     else:
-        print(f"[sdsweep] browse the runs at {tracking_uri}")
+        print(f"[sdsweep] browse the runs at {tracking_uri.rstrip('/')}/{runs_page}")
     if failed:
         print(f"[sdsweep] {len(failed)} of {len(results)} trials failed; their errors are above and in MLflow")
         return 1
