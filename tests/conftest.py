@@ -48,3 +48,27 @@ def kanji_dir(tmp_path_factory) -> Path:
     from trainables.data.kanji import build_dataset
 
     return build_dataset(tmp_path_factory.mktemp("kanji-cache"), size=64, max_chars=120, progress=False)
+
+
+@pytest.fixture(scope="session")
+def sweep_cache(tmp_path_factory) -> Path:
+    """The cache (tiny models, rendered and encoded kanji) the sweep tests share."""
+    return tmp_path_factory.mktemp("sdsweep-cache")
+
+
+def sweep_args(tmp_path: Path, cache: Path) -> list[str]:
+    return ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
+            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
+            "--max-chars", "160"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def kanji_cluster_run(tmp_path_factory, sweep_cache):
+    """The tiny kanji_rank sweep as a user runs it on a cluster: `ray job submit --working-dir .` to a
+    two-node Ray cluster with token auth (tests/_cluster.py). One sweep serves test_cluster (placement, the
+    job path, a refused request) and test_sweep_e2e (records, report, verdict). Returns (ClusterRun, folder)."""
+    from _cluster import run_kanji_on_two_nodes
+
+    tmp = tmp_path_factory.mktemp("kanji-rank")
+    refused = [*sweep_args(tmp / "refused", sweep_cache), "--cpus-per-trial", "2"]
+    return run_kanji_on_two_nodes(sweep_args(tmp, sweep_cache), refused), tmp

@@ -1,4 +1,5 @@
-"""The tiny kanji sweep end to end through real Ray Tune, MLflow (sqlite) and the report."""
+"""The tiny kanji sweep end to end through real Ray Tune (as a job on a two-node cluster), MLflow (sqlite)
+and the report; and two more sweeps in this process: failing trials, Optuna with ASHA."""
 
 import json
 import math
@@ -6,30 +7,26 @@ import math
 import mlflow
 import pytest
 import torch
+from conftest import sweep_args
 from ray import tune
 
 pytestmark = pytest.mark.integration
 
 
 def _args(tmp_path, cache):
-    return ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
-            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
-            "--max-chars", "160"]  # fmt: skip
+    return sweep_args(tmp_path, cache)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("sdsweep-cache")
+def cache(sweep_cache):
+    return sweep_cache
 
 
 @pytest.fixture(scope="module")
-def kanji_rank_run(tmp_path_factory, cache):
-    from sweeps.kanji_rank import SWEEP
-    from sweeps.launch import launch
-
-    tmp_path = tmp_path_factory.mktemp("kanji-rank")
-    code = launch(SWEEP, _args(tmp_path, cache))
-    return code, tmp_path
+def kanji_rank_run(kanji_cluster_run):
+    """The tiny kanji_rank sweep, submitted to a two-node cluster (see conftest.kanji_cluster_run)."""
+    run, tmp_path = kanji_cluster_run
+    return run.code, tmp_path
 
 
 def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
