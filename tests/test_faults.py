@@ -49,7 +49,7 @@ def _kill_trial_after_first_checkpoint(storage: Path, killed: list, stop: thread
         time.sleep(0.1)
 
 
-def _killed_and_restarted(tmp_path: Path, workers: int):
+def _killed_and_restarted(tmp_path: Path, workers: int, cache: Path):
     """The one-trial sweep with its training processes SIGKILLed at the first checkpoint; the same assertions
     for a trial in Tune's process (1) and for a trial run as a 2-worker Train job (2). Returns the final
     adapter and the logged losses."""
@@ -64,7 +64,7 @@ def _killed_and_restarted(tmp_path: Path, workers: int):
     watcher.start()
     try:
         code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "20", "--max-chars", "160",
-                                           "--cache-dir", str(tmp_path / "cache"), "--storage-path", str(storage),
+                                           "--cache-dir", str(cache), "--storage-path", str(storage),
                                            "--mlflow-uri", uri, "--report-dir", str(tmp_path / "reports"),
                                            "--workers-per-trial", str(workers)])  # fmt: skip
     finally:
@@ -93,8 +93,8 @@ def test_a_killed_trial_restarts_from_its_checkpoint_in_the_same_run_on_one_or_t
     """Killed at its first checkpoint and restored, a trial ends the same whether it trained in Tune's process
     or as 2 Train workers that each took half of every batch and averaged their gradients: the same logged
     (whole-batch) losses and the same adapter, up to float summation order."""
-    one, losses_one = _killed_and_restarted(tmp_path / "one", workers=1)
-    two, losses_two = _killed_and_restarted(tmp_path / "two", workers=2)
+    one, losses_one = _killed_and_restarted(tmp_path / "one", workers=1, cache=tmp_path / "cache")
+    two, losses_two = _killed_and_restarted(tmp_path / "two", workers=2, cache=tmp_path / "cache")
     assert torch.allclose(losses_one, losses_two, rtol=1e-4, atol=1e-6), (losses_one, losses_two)
     assert one.keys() == two.keys()
     ups = [k for k in one if "lora.up" in k or "lora_B" in k]
