@@ -39,8 +39,7 @@ class Delta:
         if self.n < 2:
             return f"{self.mean:+.{digits}f} (one prompt: no spread)"
         return (
-            f"{self.mean:+.{digits}f} (95% CI {self.low:+.{digits}f} to {self.high:+.{digits}f} over "
-            f"{self.n} prompts)"
+            f"{self.mean:+.{digits}f} (95% CI {self.low:+.{digits}f} to {self.high:+.{digits}f} over {self.n} prompts)"
         )
 
 
@@ -72,6 +71,7 @@ class Verdict:
     delta: Delta | None
     beaten_by: tuple[str, ...]  # every trial whose interval is wholly better than the baseline
     lines: tuple[str, ...]  # what the console and the report say
+    deltas: dict | None = None  # trial name -> its Delta to the baseline (None without per-prompt scores)
 
 
 def decide(metric: str, mode: str, baseline: dict, trials: list[dict], about: str = "") -> Verdict:
@@ -114,4 +114,4 @@ def decide(metric: str, mode: str, baseline: dict, trials: list[dict], about: st
     if about:
         lines.append(about)
     return Verdict(metric, mode, best["name"], best.get("run_id"), best["value"], baseline["value"], delta,
-                   beaten_by, tuple(lines))  # fmt: skip
+                   beaten_by, tuple(lines), deltas)  # fmt: skip

@@ -40,6 +40,7 @@ class ReportRow:
     metrics: dict[str, float]
     images: dict[str, Path] = field(default_factory=dict)  # prompt file stem -> local image
     items: dict[str, list[float | None]] | None = None  # each metric per prompt (scores/final.json)
+    error: str = ""  # why a failed trial failed (its sdsweep.error tag)
 
 
 def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list[ReportRow]:
@@ -61,6 +62,7 @@ def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list
             status=_status(run),
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
+            error=run.data.tags.get("sdsweep.error", ""),
         )
         if image_dir is not None:
             row.images = _download_samples(client, run.info.run_id, image_dir / run.info.run_id)
@@ -127,16 +129,6 @@ def describe_source(params: dict[str, str]) -> str:
     return text
 
 
-def best_values(rows: list[ReportRow], columns: list[str]) -> dict[str, float]:
-    """Best value per metric column over all rows (baseline included): max for eval scores, min for loss."""
-    best = {}
-    for col in columns:
-        values = [r.metrics[col] for r in rows if col in r.metrics and math.isfinite(r.metrics[col])]
-        if values and col in METRICS:
-            best[col] = (max if METRICS[col].better == "max" else min)(values)
-    return best
-
-
 def varying_params(rows: list[ReportRow]) -> list[str]:
     """``method`` plus every trial param whose value differs between trials."""
     trials = [r for r in rows if r.kind == "trial"]
@@ -145,44 +137,88 @@ def varying_params(rows: list[ReportRow]) -> list[str]:
     return ["method"] + [k for k in varying if k != "method"]
 
 
+def ordered(rows: list[ReportRow], params: list[str]) -> list[ReportRow]:
+    """Baseline first, then the trials in the order of their swept params (numbers as numbers), not in the
+    order they happened to start."""
+
+    def key(row: ReportRow):
+        out = []
+        for p in params:
+            text = row.params.get(p, "")
+            try:
+                out.append((0, float(text), ""))
+            except ValueError:
+                out.append((1, 0.0, text))
+        return out
+
+    baseline = [r for r in rows if r.kind == "baseline"]
+    return baseline + sorted((r for r in rows if r.kind != "baseline"), key=key)
+
+
+def _marked_best(rows: list[ReportRow], col: str, fmt: str) -> str | None:
+    """The printed text of the best value in ``col``, or None when another row prints the same text (a
+    difference the table does not show is not a best)."""
+    values = [r.metrics[col] for r in rows if col in r.metrics and math.isfinite(r.metrics[col])]
+    if not values or col not in METRICS:
+        return None
+    best = (max if METRICS[col].better == "max" else min)(values)
+    texts = [format(v, fmt) for v in values]
+    return format(best, fmt) if texts.count(format(best, fmt)) == 1 else None
+
+
 def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str,
-                    verdict_lines: tuple[str, ...] = ()) -> str:  # fmt: skip
+                    verdict=None) -> str:  # fmt: skip
     params = varying_params(rows)
+    rows = ordered(rows, params)
     metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
+    if metric in metric_cols:  # the selection metric first, its paired difference to the baseline beside it
+        metric_cols = [metric] + [m for m in metric_cols if m != metric]
     sizes = sorted({k for r in rows for k in r.metrics if k.endswith("/size_mb")})  # adapter, model, embeddings
     extra_cols = [c for c in ("train/loss", "train/time_s", *sizes) if any(c in r.metrics for r in rows)]
-    best = best_values(rows, metric_cols + extra_cols)
-    trials = [r for r in rows if r.kind == "trial" and metric in r.metrics and math.isfinite(r.metrics[metric])]
-    winner = (max if mode == "max" else min)(trials, key=lambda r: r.metrics[metric]) if trials else None
+    formats = {c: ".4f" if c.startswith(("eval/", "train/loss")) else ".2f" for c in metric_cols + extra_cols}
+    best = {c: _marked_best(rows, c, formats[c]) for c in metric_cols + extra_cols}
+    deltas = (verdict.deltas or {}) if verdict is not None else {}
+    delta_col = f"Δ {metric.removeprefix('eval/')} vs baseline (95% CI)"
 
     lines = [f"# {title}: sweep report", ""]
-    if verdict_lines:
-        lines += ["## Verdict", "", *verdict_lines, ""]
-    elif winner:
-        lines.append(f"Highest `{metric}` ({mode}): {winner.name} ({winner.metrics[metric]:.4f}).")
+    if verdict is not None:
+        lines += ["## Verdict", "", *verdict.lines, ""]
     lines.append(
-        f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline."
+        f"MLflow parent run `{parent_run_id}`; {sum(r.kind == 'trial' for r in rows)} trials and the baseline, "
+        "trials in the order of their swept settings."
     )
-    lines += ["Best value of each metric in **bold** (baseline included). Cosines are raw, in [-1, 1].", ""]
-    header = ["run", "status", *params, *metric_cols, *extra_cols]
+    lines += ["A value is in **bold** when it is the best of its column at the printed precision (baseline "
+              "included). Cosines are raw, in [-1, 1].", ""]  # fmt: skip
+    header = ["run", "status", *params, *metric_cols[:1], *([delta_col] if deltas else []), *metric_cols[1:],
+              *extra_cols]  # fmt: skip
     lines.append("| " + " | ".join(_column_title(h) for h in header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for r in rows:
-        cells = [r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), r.status]
+        status = f"{r.status}: {r.error}" if r.status == "FAILED" and r.error else r.status
+        cells = [r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), status.replace("|", "/")]
         cells += [
             ("none" if r.kind == "baseline" and p == "method" else _param_text(r.params.get(p, ""))) for p in params
         ]
-        for col in metric_cols + extra_cols:
+        for i, col in enumerate(metric_cols + extra_cols):
             value = r.metrics.get(col)
             if value is None or not math.isfinite(value):
                 cells.append("")
-                continue
-            text = f"{value:.4f}" if col.startswith(("eval/", "train/loss")) else f"{value:.2f}"
-            cells.append(f"**{text}**" if col in best and value == best[col] else text)
+            else:
+                text = format(value, formats[col])
+                cells.append(f"**{text}**" if text == best[col] else text)
+            if i == 0 and deltas:
+                delta = deltas.get(r.name)
+                cells.append("" if delta is None else _delta_text(delta))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Samples", "", "Prompts as rows; reference glyph, baseline and trials as columns.", ""]
     lines += ["![samples](grid.png)", "", "## Metrics", "", "![metrics](metrics.png)", ""]
     return "\n".join(lines)
+
+
+def _delta_text(delta) -> str:
+    if delta.n < 2:
+        return f"{delta.mean:+.4f}"
+    return f"{delta.mean:+.4f} ({delta.low:+.4f} to {delta.high:+.4f})"
 
 
 def _column_title(col: str) -> str:
@@ -266,7 +302,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
     render_metrics_plot(client, rows, out_dir / "metrics.png")
     verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
     (out_dir / "report.md").write_text(
-        render_markdown(rows, title, parent_run_id, metric, mode, verdict.lines), encoding="utf-8"
+        render_markdown(rows, title, parent_run_id, metric, mode, verdict), encoding="utf-8"
     )
     delta = verdict.delta
     (out_dir / "verdict.json").write_text(

@@ -14,7 +14,7 @@ def _child(experiment, parent_id, name, kind, params, metrics, color, iou_items=
         mlflow.log_params(params)
         for step, loss in enumerate((1.0, 0.5), start=1):
             if kind == "trial":
-                mlflow.log_metric("train/loss", loss * metrics["eval/clip_t"], step=step)
+                mlflow.log_metric("train/loss", loss * metrics.get("eval/clip_t", 1.0), step=step)
         mlflow.log_metrics(metrics, step=2)
         for i, prompt in enumerate(("heldout-seven", "novel-internet")):
             mlflow.log_image(Image.new("RGB", (64, 64), color), artifact_file=f"samples/final/{i:02d}_{prompt}.png")
@@ -44,9 +44,14 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     text = report.read_text()
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 3  # header + baseline + 2 trials
-    assert table[0].startswith("| run | status | method | lora_rank | eval/clip_t | eval/glyph_iou | train/loss |")
+    # the selection metric first, its paired difference to the baseline beside it
+    assert table[0].startswith(
+        "| run | status | method | lora_rank | eval/glyph_iou | Δ glyph_iou vs baseline (95% CI) | eval/clip_t |"
+        " train/loss |"
+    )
     assert "seed" not in table[0]  # constant params are not columns
-    assert "| baseline (no fine-tune) | FINISHED | none |  | 0.2000 | 0.1000 |" in text
+    assert "| baseline (no fine-tune) | FINISHED | none |  | 0.1000 |  | 0.2000 |" in text
+    assert "| **0.4000** | +0.3000 (+0.2500 to +0.3500) |" in table[3]
     assert "| **0.2500** |" in table[2] and "| **0.4000** |" in table[3]  # best per metric in bold
     # the verdict on top: the winner, its paired difference to the baseline with its interval, the source
     verdict = text.split("## Verdict", 1)[1].split("MLflow parent run", 1)[0]
@@ -66,3 +71,31 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     assert grid.getpixel((170 + 128 * 2 + 64, 30 + 64)) == (255, 0, 0)  # r1's sample, first prompt row
     assert grid.getpixel((170 + 128 * 3 + 64, 30 + 128 + 64)) == (0, 0, 255)
     assert (tmp_path / "out" / "metrics.png").stat().st_size > 0
+
+
+def test_rows_follow_the_swept_values_ties_are_not_bold_and_failures_say_why(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("kanji_rank", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment, run_name="sweep", tags={"sdsweep.sweep": "kanji_rank"}) as parent:
+        pass
+    pid = parent.info.run_id
+    _child(experiment, pid, "baseline", "baseline", {"method": "none"}, {"eval/glyph_iou": 0.10}, "grey")
+    # started in the order 16, 2, 4: the table lists 2, 4, 16 (numbers, not text)
+    for rank, iou in ((16, 0.250001), (2, 0.249998), (4, 0.20)):
+        _child(experiment, pid, f"lora-r{rank}", "trial", {"method": "lora", "lora_rank": rank},
+               {"eval/glyph_iou": iou}, "red")  # fmt: skip
+    with mlflow.start_run(experiment_id=experiment, run_name="lora-r3", tags={
+        "mlflow.parentRunId": pid, "sdsweep.kind": "trial", "sdsweep.error": "TrialError: train/loss became nan"
+    }) as failed:  # fmt: skip
+        mlflow.log_params({"method": "lora", "lora_rank": 3})
+    mlflow.MlflowClient(uri).set_terminated(failed.info.run_id, "FAILED")
+
+    text = build_report(uri, pid, tmp_path / "out", metric="eval/glyph_iou", mode="max").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in table] == [
+        "baseline (no fine-tune)", "lora-r2", "lora-r3", "lora-r4", "lora-r16"
+    ]  # fmt: skip
+    assert "FAILED: TrialError: train/loss became nan" in table[2]
+    assert "**" not in text.split("## Samples")[0].split("| run |")[1]  # 0.2500 twice: no best at this precision
+    assert "No per-prompt scores" in text  # runs without scores/final.json: no spread, said so
