@@ -32,6 +32,15 @@ class ScorerSpec:
     clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
     dino_model: str = DEFAULT_DINO_MODEL
 
+    def text(self) -> str:
+        """The scorer models in a few words (local folders by their name), for run params and verdicts."""
+
+        def short(name: str | None) -> str:
+            return Path(name.removeprefix("local-dir:")).name if name and "/" in name else str(name)
+
+        clip = short(self.clip_model) + (f" ({self.clip_pretrained})" if self.clip_pretrained else "")
+        return f"CLIP {clip}, DINO {short(self.dino_model)}"
+
 
 class ClipScorer:
     """open_clip model + its preprocessing + tokenizer; embeddings come back L2-normalised."""

@@ -124,3 +124,19 @@ def test_a_swept_setting_the_tiny_preset_forces_is_kept():
     sweep = Sweep("steps", KanjiData(), {"method": "lora"}, {"max_steps": tune.grid_search([5, 9])})
     trials = validate_trials(sweep, expand_trials(sweep, parse_args(["--preset", "tiny"], sweep)))
     assert [t.train.max_steps for t in trials] == [5, 9]
+
+
+def test_the_parent_run_records_the_search_space_as_written():
+    """No `<function <lambda> at 0x...>` in MLflow: grids, distributions and sample_from as in the sweep file."""
+    from ray import tune
+
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launch.parent_run import describe
+
+    assert describe(SWEEP.search_space) == {
+        "lora_rank": "tune.grid_search([1, 4, 8, 16, 64])",
+        "lora_alpha": 'tune.sample_from(lambda config: float(config["lora_rank"]))',
+    }
+    assert describe({"lr": tune.loguniform(1e-5, 1e-3), "opt": tune.choice(["adamw"]), "seed": 0}) == {
+        "lr": "tune.loguniform(1e-05, 0.001)", "opt": "tune.choice(['adamw'])", "seed": "0"
+    }  # fmt: skip

@@ -12,6 +12,7 @@ from trainables.common.config import PRECISION_DTYPES
 from trainables.common.tracking import (
     TrialContext,
     child_run,
+    eval_params,
     log_item_scores,
     log_metrics,
     log_params,
@@ -26,7 +27,7 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
 
     # a Ray task's working directory is not the user's: writes wait in the temp folder if MLflow is down
     with child_run(ctx, run_name="baseline", kind="baseline", folder=Path(tempfile.gettempdir()) / "sdsweep"):
-        log_params({"method": "none", "model": ctx.model})
+        log_params({"method": "none", "model": ctx.model, **eval_params(ctx)})
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # the trials' precision, so an adapter that changes nothing scores exactly as the baseline
         dtype = PRECISION_DTYPES[ctx.mixed_precision]

@@ -18,6 +18,7 @@ from trainables.common.quiet import quiet_libraries
 from trainables.common.tracking import (
     TrialContext,
     child_run,
+    eval_params,
     find_trial_run,
     last_logged_step,
     log_params,
@@ -83,6 +84,7 @@ def _run(config: dict, ctx: TrialContext, out_dir: Path, trial_name: str, trial_
         tags["run_id"] = earlier.info.run_id
     if ctx.workers_per_trial > 1:
         params["workers_per_trial"] = ctx.workers_per_trial
+    params.update(eval_params(ctx))
     with child_run(ctx, run_name=f"{method.run_name(trial.spec)}-{suffix}", kind="trial", tags=tags, folder=out_dir):
         log_params(params)
         method.train(trial, ctx, out_dir)

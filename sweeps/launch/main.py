@@ -129,7 +129,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         run_name = f"{sweep.name}-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"  # unique per launch
         tune_path = f"{storage_path.rstrip('/')}/{run_name}"
         tags = {"sdsweep.sweep": sweep.name, "sdsweep.tune_path": tune_path, "sdsweep.driver": driver_tag(),
-                "sdsweep.space_hash": space_hash(configs)}  # fmt: skip
+                "sdsweep.space_hash": space_hash(configs), **_source_tags()}  # fmt: skip
         parent = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
     if resuming is None:
         print(f"[sdsweep] {sweep.name}: {n_trials} trials ({', '.join(methods)}), preset {args.preset}, model {model}")
@@ -142,7 +142,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                     "data": sweep.data.kind, "search_alg": sweep.search_alg, "scheduler": sweep.scheduler,
                     "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
                     "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-                    "workers_per_trial": workers, "scorers": _scorer_names(scorers),
+                    "workers_per_trial": workers, "scorers": scorers.text(),
                 }
             )  # fmt: skip
             mlflow.log_dict(
@@ -161,7 +161,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         if resuming is None:
             _log_references(eval_set)
         context = _trial_context(model, tracking_uri, exp_id, parent.info.run_id, eval_set, sampling, scorers)
-        context = replace(context, mixed_precision=trials[0].train.mixed_precision,
+        context = replace(context, tags=_source_tags(), mixed_precision=trials[0].train.mixed_precision,
                           num_class_images=preset.num_class_images, workers_per_trial=workers, cpus_per_worker=cpus,
                           gpus_per_worker=gpus, storage_path=tune_path, max_failures=args.max_failures)  # fmt: skip
 
@@ -242,14 +242,20 @@ def _check_flags(sweep: Sweep, args: argparse.Namespace, cpus: float, gpus: floa
             )
 
 
-def _scorer_names(scorers: ScorerSpec) -> str:
-    """The scorer models as a short text: names, or the folder names of local ones."""
+def _source_tags() -> dict[str, str]:
+    """The code that produced the runs: MLflow's own git-commit tag, on the parent and every child run."""
+    import subprocess
 
-    def short(name: str | None) -> str:
-        return Path(name.removeprefix("local-dir:")).name if name and ("/" in name) else str(name)
-
-    clip = short(scorers.clip_model) + (f" ({scorers.clip_pretrained})" if scorers.clip_pretrained else "")
-    return f"CLIP {clip}, DINO {short(scorers.dino_model)}"
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if commit.returncode != 0:  # not a git checkout (a `ray job submit` copy leaves .git out)
+        return {}
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                           text=True, timeout=10).stdout.strip()  # fmt: skip
+    return {"mlflow.source.git.commit": commit.stdout.strip(), "sdsweep.git_dirty": "true" if dirty else "false"}
 
 
 def _record_verdict(report_dir: Path) -> list[str]:

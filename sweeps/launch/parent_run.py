@@ -167,4 +167,33 @@ def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
 
 
 def describe(space: dict[str, Any]) -> dict[str, str]:
-    return {k: json.dumps(v, default=repr) if not hasattr(v, "domain_str") else v.domain_str for k, v in space.items()}
+    """The search space as the sweep file wrote it: values as JSON, ``tune.grid_search([...])``,
+    ``tune.loguniform(1e-05, 0.001)``, and a ``sample_from`` function as its source (not ``<function ...>``)."""
+    return {k: _domain_text(v) for k, v in space.items()}
+
+
+def _domain_text(value: Any) -> str:
+    import inspect
+    import re
+
+    if isinstance(value, dict) and set(value) == {"grid_search"}:
+        return f"tune.grid_search({json.dumps(value['grid_search'], default=repr)})"
+    kind = type(value).__name__
+    if kind == "Function":  # tune.sample_from
+        func = getattr(value, "func", None)
+        try:
+            source = inspect.getsource(func)
+        except (OSError, TypeError):
+            return f"tune.sample_from({getattr(func, '__name__', 'function')})"
+        found = re.search(r"lambda[^:]*:.*", source)
+        text = found.group(0).strip().rstrip(",").strip() if found else getattr(func, "__name__", "function")
+        if text.count(")") > text.count("("):  # the call that wrapped the lambda closes on this line
+            text = text[: text.rfind(")")].strip()
+        return f"tune.sample_from({text})"
+    if hasattr(value, "domain_str"):
+        sampler = getattr(value, "sampler", None)
+        name = {"Float": "uniform", "Integer": "randint", "Categorical": "choice"}.get(kind, kind.lower())
+        if kind == "Float" and type(sampler).__name__.lstrip("_") == "LogUniform":
+            name = "loguniform"
+        return f"tune.{name}{value.domain_str}" if kind != "Categorical" else f"tune.choice({value.domain_str})"
+    return json.dumps(value, default=repr)

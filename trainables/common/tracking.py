@@ -55,6 +55,19 @@ class TrialContext:
         return data
 
 
+def eval_params(ctx: TrialContext) -> dict[str, Any]:
+    """How a run's eval scores were made, logged with its params so a reader can reproduce them: the
+    sampling settings and the scorer models (the prompts and seeds are in ``scores/final.json``)."""
+    s = ctx.sampling
+    return {
+        "eval_sampling_steps": s.steps,
+        "eval_guidance_scale": s.guidance_scale,
+        "eval_resolution": s.resolution,
+        "eval_prompts": len(ctx.eval.prompts),
+        "scorers": ctx.scorers.text(),
+    }
+
+
 # seconds a finished trial waits for MLflow to take its backlog before leaving it on disk
 FLUSH_TIMEOUT_S = float(os.environ.get("SDSWEEP_MLFLOW_FLUSH_S", "300"))
 # seconds a trial waits at start for an unreachable tracking server before failing
