@@ -35,12 +35,16 @@ class Delta:
             return False
         return self.low > 0 if mode == "max" else self.high < 0
 
-    def text(self, digits: int = 4) -> str:
+    def text(self) -> str:
         if self.n < 2:
-            return f"{self.mean:+.{digits}f} (one prompt: no spread)"
-        return (
-            f"{self.mean:+.{digits}f} (95% CI {self.low:+.{digits}f} to {self.high:+.{digits}f} over {self.n} prompts)"
-        )
+            return f"{signed(self.mean)} (one prompt: no spread)"
+        return f"{signed(self.mean)} (95% CI {signed(self.low)} to {signed(self.high)} over {self.n} prompts)"
+
+
+def signed(value: float) -> str:
+    """``+0.0123``; a difference too small for 4 decimals in scientific notation (``-1.0e-05``), not
+    ``-0.0000``."""
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 5e-5 or math.isnan(value) else f"{value:+.1e}"
 
 
 def paired_delta(trial: list[float | None], baseline: list[float | None], seed: int = 0) -> Delta:

@@ -129,12 +129,25 @@ def describe_source(params: dict[str, str]) -> str:
     return text
 
 
-def varying_params(rows: list[ReportRow]) -> list[str]:
-    """``method`` plus every trial param whose value differs between trials."""
+def varying_params(rows: list[ReportRow], swept: list[str] | None = None) -> list[str]:
+    """``method`` plus the swept settings (``swept``, from the parent's ``sweep.json``) or, without them,
+    every trial param whose value differs between trials."""
     trials = [r for r in rows if r.kind == "trial"]
     keys = sorted({k for r in trials for k in r.params} - _HIDDEN_PARAMS)
     varying = [k for k in keys if len({r.params.get(k) for r in trials}) > 1]
+    if swept is not None:
+        varying = [k for k in swept if k in keys]
     return ["method"] + [k for k in varying if k != "method"]
+
+
+def swept_settings(client, parent_run_id: str, dest: Path) -> list[str] | None:
+    """The settings that differ between the sweep's trial configs, in the sweep file's order (None for a
+    parent run without ``sweep.json``)."""
+    if not any(a.path == "sweep.json" for a in client.list_artifacts(parent_run_id)):
+        return None
+    configs = json.loads(Path(client.download_artifacts(parent_run_id, "sweep.json", str(dest))).read_text())["trials"]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
 
 
 def ordered(rows: list[ReportRow], params: list[str]) -> list[ReportRow]:
@@ -167,8 +180,8 @@ def _marked_best(rows: list[ReportRow], col: str, fmt: str) -> str | None:
 
 
 def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str,
-                    verdict=None) -> str:  # fmt: skip
-    params = varying_params(rows)
+                    verdict=None, swept: list[str] | None = None) -> str:  # fmt: skip
+    params = varying_params(rows, swept)
     rows = ordered(rows, params)
     metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
     if metric in metric_cols:  # the selection metric first, its paired difference to the baseline beside it
@@ -216,9 +229,11 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
 
 
 def _delta_text(delta) -> str:
+    from eval.verdict import signed
+
     if delta.n < 2:
-        return f"{delta.mean:+.4f}"
-    return f"{delta.mean:+.4f} ({delta.low:+.4f} to {delta.high:+.4f})"
+        return signed(delta.mean)
+    return f"{signed(delta.mean)} ({signed(delta.low)} to {signed(delta.high)})"
 
 
 def _column_title(col: str) -> str:
@@ -299,10 +314,11 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         rows = load_rows(client, parent_run_id, Path(tmp))
         references = _download_references(client, parent_run_id, Path(tmp) / "references")
         render_grid(rows, references).save(out_dir / "grid.png")
+        swept = swept_settings(client, parent_run_id, Path(tmp) / "parent")
     render_metrics_plot(client, rows, out_dir / "metrics.png")
     verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
     (out_dir / "report.md").write_text(
-        render_markdown(rows, title, parent_run_id, metric, mode, verdict), encoding="utf-8"
+        render_markdown(rows, title, parent_run_id, metric, mode, verdict, swept), encoding="utf-8"
     )
     delta = verdict.delta
     (out_dir / "verdict.json").write_text(

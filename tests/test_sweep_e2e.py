@@ -81,6 +81,11 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     verdicts = ("beats the baseline", "no trial beats the baseline beyond the spread")
     assert parent.data.tags["sdsweep.verdict"] in verdicts
     assert any("random weights" in line for line in verdict["lines"])
+    # the table: swept settings only (not derived ones like trainable_params), the selection metric first
+    report = (tmp_path / "reports" / "kanji_rank" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| run |"))
+    assert header.startswith("| run | status | method | lora_rank | lora_alpha | eval/glyph_iou | Δ glyph_iou vs")
+    assert report.index("## Verdict") < report.index("| run |")
 
 
 def test_trial_checkpoints_hold_the_adapter(kanji_rank_run):
@@ -124,6 +129,12 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     ]
     rows = json.loads((tmp_path / "reports" / "kanji_broken" / "rows.json").read_text())
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
+    for run in (r for r in runs if r.data.tags.get("sdsweep.kind") == "trial"):  # why, in the run itself
+        assert "became nan" in run.data.tags["sdsweep.error"]
+        error = client.download_artifacts(run.info.run_id, "failure/error.txt", str(tmp_path / run.info.run_id))
+        assert "Traceback" in open(error).read() and "became nan" in open(error).read()
+    report = (tmp_path / "reports" / "kanji_broken" / "report.md").read_text()
+    assert "FAILED: TrialError: train/loss became nan" in report
 
 
 def test_optuna_search_with_asha_stops_and_records(kanji_rank_run, cache, tmp_path):

@@ -55,3 +55,9 @@ def test_lower_is_better_and_a_winner_inside_the_spread():
 def test_no_finished_trial():
     verdict = decide("eval/clip_t", "max", _trial("baseline", 0.2, None), [_trial("t", float("nan"), None)])
     assert verdict.winner is None and "No trial finished" in verdict.lines[0]
+
+
+def test_a_tiny_difference_is_not_printed_as_zero():
+    from eval.verdict import signed
+
+    assert signed(-0.00001) == "-1.0e-05" and signed(0.0) == "+0.0000" and signed(0.01234) == "+0.0123"

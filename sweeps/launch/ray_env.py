@@ -13,8 +13,9 @@ __all__ = ["QUIET_ENV", "get_or_fail", "quiet_libraries", "start_ray"]
 
 
 def start_ray(cpus: float, dashboard: bool = False):
-    """Connect to ``RAY_ADDRESS`` or start a local Ray with at least ``cpus`` CPUs. ``dashboard``: trials
-    that run Ray Train jobs need Ray's state API (served by the dashboard) to free a stopped job's workers."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray with at least ``cpus`` CPUs. ``dashboard``: for trials
+    that run Ray Train jobs, which need Ray's state API (served by the dashboard) to free a stopped job's
+    workers, and trial slots (``TRIAL_SLOT``) for their waiting Tune trials."""
     import ray
 
     env = {k: os.environ[k] for k in QUIET_ENV}  # a user's own settings win over the defaults
@@ -35,7 +36,7 @@ def start_ray(cpus: float, dashboard: bool = False):
         ray.init(
             num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
             include_dashboard=dashboard,
-            resources={TRIAL_SLOT: 10_000},  # see sweeps.launch.resources
+            resources={TRIAL_SLOT: 10_000} if dashboard else None,  # see sweeps.launch.resources
             **extra,
             logging_level=logging.WARNING,  # not "Started a local Ray instance."
             runtime_env={"env_vars": env},

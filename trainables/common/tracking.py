@@ -153,6 +153,9 @@ def _where() -> dict[str, str]:
 def _record_failure(err: BaseException) -> None:
     """Tag the run with the error's last line and, for an error a retry would meet again (a bad value, a NaN
     loss), ``sdsweep.fatal``: a restarted trial re-raises it instead of training again."""
+    import tempfile
+    import traceback
+
     from trainables.common.config import TrialError
 
     lines = str(err).strip().splitlines() or [type(err).__name__]
@@ -160,6 +163,11 @@ def _record_failure(err: BaseException) -> None:
     if isinstance(err, TrialError | ValueError | TypeError):
         tags["sdsweep.fatal"] = lines[-1][:5000]
     set_tags(tags)
+    if _outbox is not None:  # the whole error, for whoever reads the run later
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "error.txt"
+            path.write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+            _outbox.put("files", {"artifact_path": "failure"}, {path.name: path})
 
 
 def drain_writes(timeout_s: float = 60.0) -> None:
