@@ -48,3 +48,8 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_gathers_its_records(kanji_clus
     # the job's log ends as a person reads it: the verdict, the report, the MLflow page
     assert "[sdsweep] Best trial by glyph_iou" in run.logs and "[sdsweep] report:" in run.logs
     assert "workflowType=machine_learning" in run.logs
+    # progress as trial k of N lines with the settings and the baseline, not Tune's tables
+    assert "[sdsweep] trial 1 of 5 started: rank=" in run.logs
+    done = [line for line in run.logs.splitlines() if line.startswith("[sdsweep] trial ") and " done: " in line]
+    assert len(done) == 5 and all("glyph_iou" in line and "(baseline " in line for line in done), done
+    assert "Current best trial" not in run.logs and "Trial status" not in run.logs

@@ -175,8 +175,9 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
             baseline_metrics = get_or_fail(baseline.remote(context), "evaluating the baseline")
 
         # 5. the trials
+        progress = _progress(sweep, configs, trials, n_trials, baseline_metrics)
         results = _fit(sweep, args, configs, replace(context, data=data_ref), resources, tune_path, trials,
-                       restore=resuming is not None, max_concurrent=max_concurrent)  # fmt: skip
+                       restore=resuming is not None, max_concurrent=max_concurrent, progress=progress)  # fmt: skip
         failed = [r for r in results if r.error]
         close_orphan_runs(tracking_uri, exp_id, parent.info.run_id, results)
         print_summary(sweep, results, baseline_metrics)
@@ -391,8 +392,29 @@ def _trial_context(model, tracking_uri, exp_id, parent_run_id, eval_set, samplin
     )
 
 
+def _progress(sweep: Sweep, configs, trials, n_trials: int, baseline: dict[str, float]):
+    """The console's trial lines: each trial named by the settings that tell it from the others."""
+    import math
+
+    from sweeps.launch.parent_run import trial_label, varied_keys
+    from sweeps.launch.progress import Progress
+    from trainables.registry import trial_settings
+
+    if sweep.search_alg == "optuna":
+        varied = list(dict.fromkeys(k for arm in sweep.all_arms() for k in arm))
+    else:
+        varied = varied_keys(configs)
+    with_method = len({t.method for t in trials}) > 1 or (sweep.search_alg == "optuna" and len(sweep.all_arms()) > 1)
+
+    def label(config: dict) -> str:
+        return trial_label(trial_settings(config), varied, with_method)
+
+    max_steps = max(t.train.max_steps for t in trials)
+    return Progress(n_trials, sweep.metric, baseline.get(sweep.metric, math.nan), max_steps, label)
+
+
 def _fit(sweep, args, configs, context, resources, tune_path: str, trials, restore: bool = False,
-         max_concurrent: int | None = None):  # fmt: skip
+         max_concurrent: int | None = None, progress=None):  # fmt: skip
     """Run the trials on Tune, in the run folder ``tune_path``; ``restore`` continues that folder's run
     (finished trials are not run again; unfinished and errored ones continue from their checkpoints)."""
     from ray import tune
@@ -435,6 +457,9 @@ def _fit(sweep, args, configs, context, resources, tune_path: str, trials, resto
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # the trial directory (its final files) goes to --storage-path too, not only checkpoints
             sync_config=tune.SyncConfig(sync_artifacts=True),
+            # our own trial lines (sweeps.launch.progress) instead of Tune's tables
+            verbose=0,
+            callbacks=[progress] if progress is not None else None,
         ),
     )
     return list(tuner.fit())

@@ -15,6 +15,8 @@ QUIET_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # num_to_keep forces a state snapshot per checkpoint; Tune's "may become a bottleneck" hint is noise here
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's classic reporter, silent at verbose=0: the sweep prints its own trial lines (sweeps.launch.progress)
+    "RAY_AIR_NEW_OUTPUT": "0",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..." on a fresh store
     "TOKENIZERS_PARALLELISM": "false",
