@@ -28,7 +28,8 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     experiment = mlflow.create_experiment("kanji_rank", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment, run_name="sweep", tags={"sdsweep.sweep": "kanji_rank"}) as parent:
         mlflow.log_image(Image.new("RGB", (64, 64), "white"), artifact_file="references/00_heldout-seven.png")
-        mlflow.log_params({"preset": "tiny", "model": "/cache/tiny-sd", "scorers": "CLIP tiny-clip-64, DINO tiny"})
+        mlflow.log_params({"preset": "tiny", "model": "/cache/tiny-sd", "scorers": "CLIP tiny-clip-64, DINO tiny",
+                           "metric": "eval/glyph_iou", "mode": "max"})  # fmt: skip
     pid = parent.info.run_id
     _child(experiment, pid, "baseline", "baseline", {"method": "none"},
            {"eval/clip_t": 0.20, "eval/glyph_iou": 0.10}, "grey", [0.10, 0.10])  # fmt: skip
@@ -60,6 +61,12 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     assert "It beats the baseline" in verdict
     assert "preset tiny, model /cache/tiny-sd, scorers CLIP tiny-clip-64, DINO tiny" in verdict
     assert "random weights" in verdict
+    # `python -m reports <experiment name>` rebuilds the same report from MLflow alone
+    from reports.__main__ import main as reports_main
+
+    assert reports_main(["kanji_rank", "--mlflow-uri", uri, "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").read_text() == text
+    assert reports_main(["no_such_sweep", "--mlflow-uri", uri]) == 2
     saved = json.loads((tmp_path / "out" / "verdict.json").read_text())
     assert saved["winner"] == "lora-r4-a4-00001" and saved["delta"]["n"] == 2
     assert saved["beats_baseline"] == ["lora-r1-a1-00000", "lora-r4-a4-00001"]
