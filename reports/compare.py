@@ -1,6 +1,6 @@
 """Comparison report of one sweep, read from MLflow only (no Ray needed).
 
-    python -m reports.compare --run-id PARENT_RUN_ID [--mlflow-uri URI] [--out reports/kanji_rank]
+    python -m reports kanji_rank | PARENT_RUN_ID [--mlflow-uri URI] [--out reports/kanji_rank]
 
 Writes ``report.md`` (one row per trial plus the no-fine-tune baseline, best value per metric in bold),
 ``rows.json`` (the same rows, machine-readable), ``grid.png`` (prompts as rows, reference + baseline +
@@ -359,14 +359,36 @@ def _ascii(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\x20-\x7e]+", " ", text)).strip() or "?"
 
 
+def find_parent_run(client, what: str) -> str | None:
+    """``what`` as a parent run id (a child run's id leads to its sweep), or as an experiment name (its most
+    recent sweep launch); None when it is neither."""
+    try:
+        run = client.get_run(what)
+    except Exception:
+        run = None
+    if run is not None:
+        return run.data.tags.get("mlflow.parentRunId") or run.info.run_id
+    experiment = client.get_experiment_by_name(what)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "tags.`sdsweep.sweep` != ''", max_results=1,
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build a sweep's comparison report from MLflow.")
-    parser.add_argument("--run-id", required=True, help="the sweep's MLflow parent run id")
+    """``python -m reports <experiment name | parent run id>`` (``--run-id`` as the older spelling)."""
+    parser = argparse.ArgumentParser(prog="python -m reports", description="Rebuild a sweep's report from MLflow.")
+    parser.add_argument("sweep", nargs="?", help="an experiment name (its latest launch) or a parent run id")
+    parser.add_argument("--run-id", help="the sweep's MLflow parent run id (the same as the positional argument)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--out", default=None, help="output folder (default reports/<sweep>)")
     parser.add_argument("--metric", default=None, help="what 'best' means (default: the sweep's, from the parent run)")
     parser.add_argument("--mode", default=None, choices=("max", "min"))
     args = parser.parse_args(argv)
+    what = args.sweep or args.run_id
+    if not what:
+        parser.error("name a sweep (its experiment name) or a parent run id")
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -374,18 +396,22 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
     try:
-        parent = MlflowClient(uri).get_run(args.run_id)
+        run_id = find_parent_run(client, what)
     except Exception as err:
-        reason = str(err).splitlines()[0]
-        print(
-            f"error: no MLflow run {args.run_id} in {uri} ({reason}): check --run-id and --mlflow-uri", file=sys.stderr
-        )
+        print(f"error: cannot read MLflow at {uri} ({str(err).splitlines()[0][:160]}): check --mlflow-uri",
+              file=sys.stderr)  # fmt: skip
         return 2
-    out = Path(args.out or Path("reports") / parent.data.tags.get("sdsweep.sweep", args.run_id))
+    if run_id is None:
+        print(f"error: no experiment or run {what!r} in {uri}: pass a sweep's name (e.g. kanji_rank) or its "
+              "MLflow parent run id, and --mlflow-uri if the runs are elsewhere", file=sys.stderr)  # fmt: skip
+        return 2
+    parent = client.get_run(run_id)
+    out = Path(args.out or Path("reports") / parent.data.tags.get("sdsweep.sweep", run_id))
     metric = args.metric or parent.data.params.get("metric", "eval/clip_t")
     mode = args.mode or parent.data.params.get("mode", "max")
-    print(build_report(uri, args.run_id, out, metric, mode))
+    print(build_report(uri, run_id, out, metric, mode))
     return 0
 
 

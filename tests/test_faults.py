@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from _cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -179,14 +180,6 @@ def test_a_killed_driver_is_resumed_without_retraining_or_duplicates(tmp_path, c
     assert len(json.loads((tmp_path / "reports" / "resume" / "rows.json").read_text())) == 4
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_mlflow_server(tmp_path, port):
     import shutil
     import sys
@@ -210,7 +203,7 @@ def _start_mlflow_server(tmp_path, port):
 def test_an_mlflow_server_restart_mid_trial_loses_nothing(tmp_path):
     from sweeps.launch import launch
 
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     servers = [_start_mlflow_server(tmp_path, port)]
     outage = {}

@@ -62,7 +62,7 @@ def test_report_rows_best_marks_and_grid(tmp_path):
     assert "preset tiny, model /cache/tiny-sd, scorers CLIP tiny-clip-64, DINO tiny" in verdict
     assert "random weights" in verdict
     # `python -m reports <experiment name>` rebuilds the same report from MLflow alone
-    from reports.__main__ import main as reports_main
+    from reports.compare import main as reports_main
 
     assert reports_main(["kanji_rank", "--mlflow-uri", uri, "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "report.md").read_text() == text
