@@ -96,7 +96,8 @@ def decide(metric: str, mode: str, baseline: dict, trials: list[dict], about: st
     beaten_by = tuple(name for name, d in deltas.items() if d is not None and d.beats(mode))
     delta = deltas[best["name"]]
     better = "higher" if mode == "max" else "lower"
-    head = f"Best trial by {short} ({better} is better): {best['name']}, {best['value']:.4f}"
+    who = best["name"] + (f" ({best['label']})" if best.get("label") else "")  # the run and its settings
+    head = f"Best trial by {short} ({better} is better): {who}, {best['value']:.4f}"
     base = f"baseline (no fine-tune) {baseline['value']:.4f}"
     if delta is None:
         lines.append(f"{head}; {base}. No per-prompt scores to measure the spread of the difference.")

@@ -2,9 +2,13 @@
 
     python -m reports kanji_rank | PARENT_RUN_ID [--mlflow-uri URI] [--out reports/kanji_rank]
 
-Writes ``report.md`` (one row per trial plus the no-fine-tune baseline, best value per metric in bold),
-``rows.json`` (the same rows, machine-readable), ``grid.png`` (prompts as rows, reference + baseline +
-trials as columns) and ``metrics.png`` (loss curves and final eval scores).
+Writes, under ``reports/<sweep>/``:
+
+- ``report.html``: one self-contained file (images embedded) with the verdict, a sortable table whose rows
+  link to their MLflow runs, the sample grids with per-prompt scores and the plots;
+- ``report.md``: the same for a PR or a wiki, with the pictures beside it (``grid_<group>.png``,
+  ``params.png``, ``curves.png``, ``pareto.png``, ``parallel.png``);
+- ``rows.json`` and ``verdict.json``: the rows and the verdict, machine-readable.
 """
 
 from __future__ import annotations
@@ -12,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from eval.metrics import METRICS
+from reports import figures
 
 # eval columns in the table's order, each with its better direction, from the one metrics table in eval/
 EVAL_COLUMNS = tuple(name for name in METRICS if name.startswith("eval/"))
@@ -41,11 +43,17 @@ class ReportRow:
     images: dict[str, Path] = field(default_factory=dict)  # prompt file stem -> local image
     items: dict[str, list[float | None]] | None = None  # each metric per prompt (scores/final.json)
     error: str = ""  # why a failed trial failed (its sdsweep.error tag)
+    prompts: list[dict] | None = None  # name, text and seed of each eval prompt (scores/final.json)
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (step, value)
+    url: str = ""  # the run's page in the MLflow UI
+    label: str = ""  # its swept settings, short: "rank=8 alpha=8"
 
 
-def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list[ReportRow]:
+def load_rows(client, parent_run_id: str, image_dir: Path | None = None, histories: tuple[str, ...] = (),
+              ui_url: str = "") -> list[ReportRow]:  # fmt: skip
     """The parent run's children, baseline first then trials in start order; with ``image_dir``, their
-    final samples downloaded there."""
+    final samples and per-prompt scores downloaded there; the ``histories`` of the trials' metrics; each
+    run's page under ``ui_url``."""
     parent = client.get_run(parent_run_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
@@ -63,10 +71,15 @@ def load_rows(client, parent_run_id: str, image_dir: Path | None = None) -> list
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             error=run.data.tags.get("sdsweep.error", ""),
+            url=f"{ui_url}/#/experiments/{parent.info.experiment_id}/runs/{run.info.run_id}" if ui_url else "",
         )
         if image_dir is not None:
             row.images = _download_samples(client, run.info.run_id, image_dir / run.info.run_id)
-            row.items = _download_items(client, run.info.run_id, image_dir / run.info.run_id)
+            scores = _download_scores(client, run.info.run_id, image_dir / run.info.run_id)
+            row.items, row.prompts = (scores["items"], scores.get("prompts")) if scores else (None, None)
+        if row.kind == "trial":
+            for key in histories:
+                row.histories[key] = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
         rows.append(row)
     rows.sort(key=lambda r: r.kind != "baseline")  # stable: trials keep their start order
     return rows
@@ -94,12 +107,12 @@ def _download_samples(client, run_id: str, dest: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(local.glob("*.png"))}
 
 
-def _download_items(client, run_id: str, dest: Path) -> dict[str, list[float | None]] | None:
+def _download_scores(client, run_id: str, dest: Path) -> dict | None:
     if not any(a.path == "scores/final.json" for a in client.list_artifacts(run_id, "scores")):
         return None
     dest.mkdir(parents=True, exist_ok=True)
     local = Path(client.download_artifacts(run_id, "scores/final.json", str(dest)))
-    return json.loads(local.read_text(encoding="utf-8"))["items"]
+    return json.loads(local.read_text(encoding="utf-8"))
 
 
 def sweep_verdict(rows: list[ReportRow], metric: str, mode: str, about: str = ""):
@@ -109,7 +122,7 @@ def sweep_verdict(rows: list[ReportRow], metric: str, mode: str, about: str = ""
     def entry(row: ReportRow) -> dict:
         value = row.metrics.get(metric)
         items = (row.items or {}).get(metric)
-        return {"name": row.name, "run_id": row.run_id, "value": value, "items": items}
+        return {"name": row.name, "run_id": row.run_id, "value": value, "items": items, "label": row.label}
 
     baselines = [r for r in rows if r.kind == "baseline"]
     baseline = entry(baselines[0]) if baselines else {"name": "baseline", "value": math.nan, "items": None}
@@ -179,10 +192,18 @@ def _marked_best(rows: list[ReportRow], col: str, fmt: str) -> str | None:
     return format(best, fmt) if texts.count(format(best, fmt)) == 1 else None
 
 
-def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str,
-                    verdict=None, swept: list[str] | None = None) -> str:  # fmt: skip
-    params = varying_params(rows, swept)
-    rows = ordered(rows, params)
+@dataclass
+class Cell:
+    """One table cell: its printed text, the value it sorts by, and whether it is marked best."""
+
+    text: str
+    value: float | str | None = None
+    best: bool = False
+
+
+def table(rows: list[ReportRow], params: list[str], metric: str, verdict=None) -> tuple[list[str], list[list[Cell]]]:
+    """The report's table (header, one row of cells per report row): run, status, the swept settings, the
+    selection metric with its difference to the baseline beside it, the other scores, loss, time, sizes."""
     metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
     if metric in metric_cols:  # the selection metric first, its paired difference to the baseline beside it
         metric_cols = [metric] + [m for m in metric_cols if m != metric]
@@ -192,7 +213,42 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
     best = {c: _marked_best(rows, c, formats[c]) for c in metric_cols + extra_cols}
     deltas = (verdict.deltas or {}) if verdict is not None else {}
     delta_col = f"Δ {metric.removeprefix('eval/')} vs baseline (95% CI)"
+    header = ["run", "status", *params, *metric_cols[:1], *([delta_col] if deltas else []), *metric_cols[1:],
+              *extra_cols]  # fmt: skip
+    body = []
+    for r in rows:
+        status = f"{r.status}: {r.error}" if r.status == "FAILED" and r.error else r.status
+        cells = [Cell(r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), r.name), Cell(status, status)]
+        for p in params:
+            text = "none" if r.kind == "baseline" and p == "method" else _param_text(r.params.get(p, ""))
+            number = _float(text)
+            cells.append(Cell(text, text if number is None else number))
+        for i, col in enumerate(metric_cols + extra_cols):
+            value = r.metrics.get(col)
+            if value is None or not math.isfinite(value):
+                cells.append(Cell(""))
+            else:
+                text = format(value, formats[col])
+                cells.append(Cell(text, value, text == best[col]))
+            if i == 0 and deltas:
+                delta = deltas.get(r.name)
+                cells.append(Cell("", None) if delta is None else Cell(_delta_text(delta), delta.mean))
+        body.append(cells)
+    return [_column_title(h) for h in header], body
 
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metric: str, mode: str,
+                    verdict=None, swept: list[str] | None = None, pictures=()) -> str:  # fmt: skip
+    params = varying_params(rows, swept)
+    rows = ordered(rows, params)
+    header, body = table(rows, params, metric, verdict)
     lines = [f"# {title}: sweep report", ""]
     if verdict is not None:
         lines += ["## Verdict", "", *verdict.lines, ""]
@@ -201,30 +257,15 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
         "trials in the order of their swept settings."
     )
     lines += ["A value is in **bold** when it is the best of its column at the printed precision (baseline "
-              "included). Cosines are raw, in [-1, 1].", ""]  # fmt: skip
-    header = ["run", "status", *params, *metric_cols[:1], *([delta_col] if deltas else []), *metric_cols[1:],
-              *extra_cols]  # fmt: skip
-    lines.append("| " + " | ".join(_column_title(h) for h in header) + " |")
+              "included). Cosines are raw, in [-1, 1]. The interactive version is `report.html`.", ""]  # fmt: skip
+    lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        status = f"{r.status}: {r.error}" if r.status == "FAILED" and r.error else r.status
-        cells = [r.name + (" (no fine-tune)" if r.kind == "baseline" else ""), status.replace("|", "/")]
-        cells += [
-            ("none" if r.kind == "baseline" and p == "method" else _param_text(r.params.get(p, ""))) for p in params
-        ]
-        for i, col in enumerate(metric_cols + extra_cols):
-            value = r.metrics.get(col)
-            if value is None or not math.isfinite(value):
-                cells.append("")
-            else:
-                text = format(value, formats[col])
-                cells.append(f"**{text}**" if text == best[col] else text)
-            if i == 0 and deltas:
-                delta = deltas.get(r.name)
-                cells.append("" if delta is None else _delta_text(delta))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Samples", "", "Prompts as rows; reference glyph, baseline and trials as columns.", ""]
-    lines += ["![samples](grid.png)", "", "## Metrics", "", "![metrics](metrics.png)", ""]
+    for cells in body:
+        texts = [(f"**{c.text}**" if c.best else c.text).replace("|", "/") for c in cells]
+        lines.append("| " + " | ".join(texts) + " |")
+    for picture in pictures:
+        lines += ["", f"## {picture.title}", "", picture.caption, "", f"![{picture.title}]({picture.file})"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -242,84 +283,56 @@ def _column_title(col: str) -> str:
     return {"train/time_s": "train time (s)"}.get(col, col)
 
 
-def render_grid(rows: list[ReportRow], references: dict[str, Path], cell: int = 128) -> Image.Image:
-    """Prompts (rows) x [reference, baseline, trials...] (columns); an empty cell where an image is missing."""
-    prompts = sorted({stem for r in rows for stem in r.images} | set(references))
-    columns = [("reference", references)] + [(r.name, r.images) for r in rows]
-    label_w, header_h = 170, 30
-    grid = Image.new("RGB", (label_w + cell * len(columns), header_h + cell * max(1, len(prompts))), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, (name, _) in enumerate(columns):
-        draw.text((label_w + c * cell + 4, 8), _ascii(name)[:20], fill="black")
-    for p, stem in enumerate(prompts):
-        y = header_h + p * cell
-        draw.text((4, y + cell // 2 - 6), _ascii(stem)[:28], fill="black")
-        for c, (_, images) in enumerate(columns):
-            if stem in images:
-                with Image.open(images[stem]) as img:
-                    grid.paste(img.convert("RGB").resize((cell, cell)), (label_w + c * cell, y))
-            draw.rectangle([label_w + c * cell, y, label_w + (c + 1) * cell - 1, y + cell - 1], outline="#cccccc")
-    return grid
+@dataclass
+class Picture:
+    """One picture of the report: its section title, a caption, its file beside the report."""
 
-
-def render_metrics_plot(client, rows: list[ReportRow], out_file: Path) -> None:
-    """Loss curves of the trials and a bar chart of the final eval scores of every row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
-    panels = 1 + len(metric_cols)
-    ncols = min(4, panels)
-    nrows = -(-panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), squeeze=False)
-    flat = [ax for row in axes for ax in row]
-    for ax in flat[panels:]:
-        ax.axis("off")
-    ax = flat[0]
-    for r in rows:
-        if r.kind != "trial":
-            continue
-        history = client.get_metric_history(r.run_id, "train/loss")
-        if history:
-            ax.plot([m.step for m in history], [m.value for m in history], label=r.name[:24])
-    ax.set_title("train/loss")
-    ax.set_xlabel("step")
-    if ax.lines:
-        ax.legend(fontsize=6)
-    for i, col in enumerate(metric_cols, start=1):
-        ax = flat[i]
-        names = [r.name[:12] for r in rows]
-        values = [r.metrics.get(col, float("nan")) for r in rows]
-        ax.bar(range(len(rows)), values, color=["grey" if r.kind == "baseline" else "tab:blue" for r in rows])
-        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
-        ax.set_title(col)
-    fig.tight_layout()
-    fig.savefig(out_file, dpi=100)
-    plt.close(fig)
+    title: str
+    caption: str
+    file: str
+    kind: str = "plot"  # "grid" or "plot"
 
 
 def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: str = "eval/clip_t",
-                 mode: str = "max") -> Path:  # fmt: skip
-    """Write the report of the sweep whose MLflow parent run is ``parent_run_id``; return ``report.md``."""
+                 mode: str = "max", ui_url: str | None = None) -> Path:  # fmt: skip
+    """Write the report of the sweep whose MLflow parent run is ``parent_run_id`` (see the module's
+    docstring); return ``report.md``. ``ui_url`` is where the MLflow UI serves this store (default: the
+    tracking URI for a server, ``mlflow ui``'s http://127.0.0.1:5000 for a local store)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
     title = parent.data.tags.get("sdsweep.sweep", parent.info.run_name)
+    ui_url = (ui_url or default_ui_url(tracking_uri)).rstrip("/")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in (*out_dir.glob("grid*.png"), *(out_dir / f for f in ("params.png", "curves.png", "pareto.png",
+                                                                    "parallel.png", "metrics.png"))):  # fmt: skip
+        old.unlink(missing_ok=True)  # a rebuilt report holds only what this build drew
     with tempfile.TemporaryDirectory() as tmp:
-        rows = load_rows(client, parent_run_id, Path(tmp))
+        rows = load_rows(client, parent_run_id, Path(tmp), histories=("train/loss", metric), ui_url=ui_url)
         references = _download_references(client, parent_run_id, Path(tmp) / "references")
-        render_grid(rows, references).save(out_dir / "grid.png")
         swept = swept_settings(client, parent_run_id, Path(tmp) / "parent")
-    render_metrics_plot(client, rows, out_dir / "metrics.png")
-    verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
-    (out_dir / "report.md").write_text(
-        render_markdown(rows, title, parent_run_id, metric, mode, verdict, swept), encoding="utf-8"
-    )
+        params = varying_params(rows, swept)
+        rows = ordered(rows, params)
+        with_method = len({r.params.get("method") for r in rows if r.kind == "trial"}) > 1
+        for r in rows:
+            r.label = "no fine-tune" if r.kind == "baseline" else trial_label(r.params, params, with_method)
+        pictures = _draw_grids(rows, references, metric, mode, out_dir)
+        html_images = {r.run_id: dict(r.images) for r in rows}
+        pictures += _draw_plots(rows, params, metric, mode, out_dir)
+        verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
+        markdown = render_markdown(rows, title, parent_run_id, metric, mode, verdict, swept, pictures)
+        (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+        from reports.html import render_html
+
+        prompts = figures.prompt_rows(rows, references)
+        columns, note = figures.grid_columns(rows, metric, mode)
+        (out_dir / "report.html").write_text(
+            render_html(rows, title, parent, metric, verdict, params, prompts, references, columns, note,
+                        [p for p in pictures if p.kind == "plot"], out_dir, html_images, ui_url),
+            encoding="utf-8",
+        )  # fmt: skip
     delta = verdict.delta
     (out_dir / "verdict.json").write_text(
         json.dumps(
@@ -335,15 +348,77 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
     (out_dir / "rows.json").write_text(
         json.dumps(
             [
-                {"name": r.name, "kind": r.kind, "status": r.status, "params": r.params, "metrics": r.metrics}
+                {"name": r.name, "run_id": r.run_id, "kind": r.kind, "status": r.status, "label": r.label,
+                 "error": r.error, "params": r.params, "metrics": r.metrics, "url": r.url}
                 for r in rows
             ],
             indent=2,
             ensure_ascii=False,
         ),
         encoding="utf-8",
-    )
+    )  # fmt: skip
     return out_dir / "report.md"
+
+
+def default_ui_url(tracking_uri: str) -> str:
+    """Where the MLflow UI shows this store: the server itself, or ``mlflow ui``'s default address."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def trial_label(params: dict[str, str], swept: list[str], with_method: bool) -> str:
+    """A trial's swept settings, short (``rank=8 alpha=8``), the method first when it varies."""
+    from sweeps.launch.parent_run import SHORT_NAMES
+
+    parts = [params.get("method", "")] if with_method else []
+    parts += [f"{SHORT_NAMES.get(k, k)}={_short(params[k])}" for k in swept if k != "method" and k in params]
+    return " ".join(p for p in parts if p)
+
+
+def _short(text: str) -> str:
+    """A value in a label: numbers in their shortest form (``8.0`` -> ``8``, ``0.00010000`` -> ``0.0001``)."""
+    number = _float(text)
+    return text if number is None or not math.isfinite(number) else f"{number:.4g}"
+
+
+def _draw_grids(rows: list[ReportRow], references: dict[str, Path], metric: str, mode: str,
+                out_dir: Path) -> list[Picture]:  # fmt: skip
+    prompts = figures.prompt_rows(rows, references)
+    columns, note = figures.grid_columns(rows, metric, mode)
+    pictures = []
+    for group, members in figures.grouped(prompts):
+        file = f"grid_{group}.png" if group else "grid.png"
+        figures.render_grid(columns, members, references, metric).save(out_dir / file)
+        title = figures.GROUP_TITLES.get(group, f"Samples: {group}" if group else "Samples")
+        caption = (f"Prompts as rows, the baseline and the trials (by their swept settings) as columns; each "
+                   f"image's {metric.removeprefix('eval/')} in its corner. {note}").strip()  # fmt: skip
+        pictures.append(Picture(title, caption, file, kind="grid"))
+    return pictures
+
+
+def _draw_plots(rows: list[ReportRow], params: list[str], metric: str, mode: str, out_dir: Path) -> list[Picture]:
+    metrics = [metric] + [m for m in EVAL_COLUMNS if m != metric]
+    short = metric.removeprefix("eval/")
+    pictures = []
+    if figures.plot_params(rows, params, metrics, out_dir / "params.png"):
+        pictures.append(Picture("Scores against the swept settings",
+                                "One point per finished trial; the dashed line is the baseline (no fine-tune).",
+                                "params.png"))  # fmt: skip
+    if figures.plot_curves(rows, metric, out_dir / "curves.png"):
+        pictures.append(Picture("Training curves", f"train/loss and {short} at each evaluation, per trial; the "
+                                "dashed line is the baseline.", "curves.png"))  # fmt: skip
+    if figures.plot_pareto(rows, metric, mode, out_dir / "pareto.png"):
+        pictures.append(
+            Picture(
+                "Quality against cost",
+                f"{short} against the trained file's size and the training "
+                "time; the red line joins the trials nothing beats on both.",
+                "pareto.png",
+            )
+        )
+    if figures.plot_parallel(rows, params, metric, mode, out_dir / "parallel.png"):
+        pictures.append(Picture("Settings to score", f"Each line a finished trial through its settings to {short}.",
+                                "parallel.png"))  # fmt: skip
+    return pictures
 
 
 def _download_references(client, run_id: str, dest: Path) -> dict[str, Path]:
@@ -352,11 +427,6 @@ def _download_references(client, run_id: str, dest: Path) -> dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     local = Path(client.download_artifacts(run_id, "references", str(dest)))
     return {p.stem: p for p in sorted(local.glob("*.png"))}
-
-
-def _ascii(text: str) -> str:
-    """The default bitmap font has no CJK glyphs: keep ASCII, collapse the rest."""
-    return re.sub(r"\s+", " ", re.sub(r"[^\x20-\x7e]+", " ", text)).strip() or "?"
 
 
 def find_parent_run(client, what: str) -> str | None:

@@ -98,7 +98,12 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
     assert run.info.status == "FINISHED" and run.info.run_name == "lora-r4-a8-local"
     assert run.data.params["lora_rank"] == "4" and run.data.params["method"] == "lora"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 3, 4, 6]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [3, 6]
+    # the untrained model is scored and sampled at step 0: the eval curve and the image slider start there
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [0, 3, 6]
+    first = client.list_artifacts(run.info.run_id, "images")
+    assert any("+step+0+" in a.path for a in first) and any("+step+6+" in a.path for a in first)
+    # the file's size is one value (at the last step), not a curve
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "adapter/size_mb")] == [6]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/final")}
     assert len(artifacts) == len(context.eval.prompts)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [f"adapter/{ADAPTER_FILE}"]
@@ -168,7 +173,7 @@ def test_training_never_runs_the_vae_encoder_and_text_encoder_only_for_eval(cont
     monkeypatch.setattr(CLIPTextModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     monkeypatch.chdir(tmp_path)
     train_lora(dict(max_steps=8, batch_size=2, resolution=64, eval_every=4, log_every=4), context)
-    evals, batches = 2, math.ceil(len(context.eval.prompts) / context.sampling.batch_size)
+    evals, batches = 3, math.ceil(len(context.eval.prompts) / context.sampling.batch_size)  # steps 0, 4, 8
     assert len(calls) == evals * batches * 2
 
 

@@ -59,12 +59,14 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     sizes = {int(r.data.params["lora_rank"]): r.data.metrics["adapter/size_mb"] for r in trials}
     assert sizes[64] > sizes[16] > sizes[1]
 
-    # the report: 6 rows (baseline first), a grid, and the same files in the parent run
+    # the report: 6 rows (baseline first), held-out and novel grids, plots, and the same files in the parent run
     rows = json.loads((tmp_path / "reports" / "kanji_rank" / "rows.json").read_text())
     assert len(rows) == 6 and rows[0]["kind"] == "baseline"
-    assert (tmp_path / "reports" / "kanji_rank" / "grid.png").exists()
+    assert [r["label"] for r in rows] == ["no fine-tune", *(f"rank={r} alpha={r}" for r in (1, 4, 8, 16, 64))]
+    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png"}
+    assert all((tmp_path / "reports" / "kanji_rank" / p).exists() for p in pictures)
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
-    assert {"report/report.md", "report/grid.png", "report/rows.json", "report/metrics.png"} <= logged
+    assert {"report/report.md", "report/report.html", "report/rows.json", *(f"report/{p}" for p in pictures)} <= logged
     assert len(client.list_artifacts(parents[0].info.run_id, "references")) == 4
 
     # the verdict: every run's per-prompt scores, the winner's paired difference to the baseline on the parent

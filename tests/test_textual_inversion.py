@@ -152,7 +152,7 @@ def test_mlflow_child_run(trained):
     assert params["method"] == "textual_inversion" and params["learning_rate"] == "0.005"
     assert params["initializer"] == "toy" and params["template_set"] == "object" and params["trainable_params"] == "32"
     assert all(math.isfinite(run.data.metrics[k]) for k in ("eval/clip_t", "eval/clip_i", "eval/dino"))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [0, 2, 4]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "embeddings")] == [f"embeddings/{EMBEDDINGS}"]
     assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 2
 

@@ -188,6 +188,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         report_dir = Path(args.report_dir).expanduser().resolve() / sweep.name
         report = build_report(tracking_uri, parent.info.run_id, report_dir, sweep.metric, sweep.mode)
         verdict = _record_verdict(report_dir)
+        best_files = _best_files(tracking_uri, verdict["winner_run_id"], results)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         mlflow.set_tag("sdsweep.complete", "true")
         mlflow.end_run(status="FAILED" if failed and len(failed) == len(results) else "FINISHED")
@@ -197,9 +198,12 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
 
-    for line in verdict:
+    for line in verdict["lines"]:
         print(f"[sdsweep] {line}")
-    print(f"[sdsweep] report: {report} (also in MLflow run {parent.info.run_id}, artifacts report/)")
+    if best_files:
+        print(f"[sdsweep] best trial's files: {best_files}")
+    print(f"[sdsweep] report: {report.with_name('report.html')} (open in a browser; Markdown beside it: "
+          f"{report.name}; also in MLflow run {parent.info.run_id}, artifacts report/)")  # fmt: skip
     # MLflow 3's UI opens an experiment on its GenAI pages; this route opens the runs table, trials nested
     runs_page = f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
     if tracking_uri.startswith("sqlite:"):
@@ -259,9 +263,25 @@ def _source_tags() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit.stdout.strip(), "sdsweep.git_dirty": "true" if dirty else "false"}
 
 
-def _record_verdict(report_dir: Path) -> list[str]:
+def _best_files(tracking_uri: str, run_id: str | None, results) -> str:
+    """Where the winner's trained files are: its trial folder's final files, and the MLflow command that
+    fetches them from any machine ("" without a winner)."""
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        return ""
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    trial_id = run.data.tags.get("sdsweep.trial_id")
+    folder = next((Path(r.path) for r in results if r.metrics and r.metrics.get("trial_id") == trial_id), None)
+    kind = next((k for k in ("adapter", "embeddings", "model") if f"{k}/size_mb" in run.data.metrics), "adapter")
+    fetch = f"MLFLOW_TRACKING_URI={tracking_uri} {mlflow_cli()} artifacts download -u runs:/{run_id}/{kind} -d best"
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.name == "model") if folder else []
+    return (", ".join(str(f) for f in files) + "; " if files else "") + f"fetch them with: {fetch}"
+
+
+def _record_verdict(report_dir: Path) -> dict:
     """The report's verdict on the parent run (the best trial, its difference to the baseline and that
-    difference's interval); returns the lines to print."""
+    difference's interval); returns ``verdict.json``'s content."""
     import json
     import math
 
@@ -279,7 +299,7 @@ def _record_verdict(report_dir: Path) -> list[str]:
               "best/delta": delta.get("mean"), "best/delta_low": delta.get("low"),
               "best/delta_high": delta.get("high")}  # fmt: skip
     mlflow.log_metrics({k: v for k, v in values.items() if isinstance(v, float) and math.isfinite(v)})
-    return verdict["lines"]
+    return verdict
 
 
 def _check_resources(cpus: float, gpus: float, workers: int, max_concurrent: int | None) -> int | None:

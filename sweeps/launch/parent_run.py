@@ -147,6 +147,8 @@ def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
     settings = [trial_settings(r.config or {}) for r in results]
     varied = varied_keys(settings)
     with_method = len({s.get("method") for s in settings}) > 1
+    order = sorted(range(len(results)), key=lambda i: [_sort_key(settings[i].get(k)) for k in varied])
+    settings, results = [settings[i] for i in order], [results[i] for i in order]  # as the report orders them
     names = [trial_label(s, varied, with_method) or Path(r.path).name for s, r in zip(settings, results, strict=True)]
     width = min(64, max([len("baseline (no fine-tune)"), *map(len, names)]) + 2)
     print(f"\n[sdsweep] results ({sweep.metric}, {sweep.mode} is best)")
@@ -164,6 +166,13 @@ def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
             print("  " + name + f"  FAILED: {str(r.error).strip().splitlines()[-1][:120]}")
         else:
             print("  " + name + values(r.metrics))
+
+
+def _sort_key(value: Any) -> tuple:
+    """Numbers by value, then everything else by its text: rank 2 before rank 16."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return (1, 0.0, str(value))
+    return (0, float(value), "")
 
 
 def describe(space: dict[str, Any]) -> dict[str, str]:

@@ -68,6 +68,7 @@ class TrainArgs:
     seed: int = 0  # batch order, noise and timesteps
     resolution: int = 512  # training and sampling size in px (SD 1.5 native)
     eval_every: int = 250  # steps between evaluations (and one at the end)
+    eval_at_start: bool = True  # also sample the untrained model at step 0 (MLflow's image slider starts there)
     log_every: int = 10  # steps averaged into one train/loss report
     checkpoint_every: int | None = None  # steps between full-state checkpoints; None: at every eval only
     mixed_precision: str = "no"  # "fp16"/"bf16" on GPU; CPU runs need "no"

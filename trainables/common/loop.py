@@ -211,6 +211,7 @@ class TrialRecorder:
         with resume_checkpoint() as folder:
             if folder is None:
                 _same_on_every_worker(trained)
+                self._eval_at_start()
                 return 1
             step, extra = load_state(folder, **self.tracked)
         set_tags({"sdsweep.restored_from_step": str(step)})  # the run says where this attempt took over
@@ -262,9 +263,27 @@ class TrialRecorder:
             drain_writes()  # a scheduler may stop the trial inside report: its records arrive first
             report(metrics, Path(checkpoint))
 
+    def _eval_at_start(self) -> None:
+        """The untrained model's samples and scores at step 0, once per MLflow run: the image slider opens on
+        an image and the eval curves start where training did. Not reported to Tune (no step 0 result)."""
+        from trainables.common.tracking import run_has_metric
+
+        if not (self.args.eval_at_start and is_main()) or self.logged_through > 0:
+            return
+        if run_has_metric(next(iter(self.eval_set.metrics), "eval/clip_t")):  # a restart before its checkpoint
+            return
+        started = time.perf_counter()
+        scores, images, _ = self.evaluate()
+        log_samples(list(self.eval_set.prompts), images, 0, final=False)
+        log_metrics(scores, 0)
+        self.started += time.perf_counter() - started  # train/time_s counts training steps only
+
     def _log(self, metrics: dict[str, float], step: int) -> None:
+        """Queue one step's metrics for MLflow: the file's size once, at the last step (a value, not a curve)."""
         if step > self.logged_through:
-            log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+            last = step == self.args.max_steps
+            log_metrics({k: v for k, v in metrics.items() if k != "step" and (last or not k.endswith("/size_mb"))},
+                        step)  # fmt: skip
 
     def _save_state(self, folder: Path, step: int) -> None:
         from trainables.common.checkpoint import save_state

@@ -82,17 +82,24 @@ class Outbox:
 
     def pending_max_step(self) -> int:
         """The last metric step queued and not yet delivered (0 if none): those count as logged."""
-        steps = [0]
+        return max([0, *(data["step"] for data in self._pending_metrics())])
+
+    def pending_has_metric(self, key: str) -> bool:
+        """Whether a queued, undelivered record holds the metric ``key``."""
+        return any(key in data["metrics"] for data in self._pending_metrics())
+
+    def _pending_metrics(self) -> list[dict]:
         with self._cond:
             items = list(self._pending)
+        out = []
         for item in items:
             try:
                 data = json.loads(item.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
             if data["kind"] == "metrics":
-                steps.append(data["step"])
-        return max(steps)
+                out.append(data)
+        return out
 
     # ------------------------------------------------------------ delivery
 

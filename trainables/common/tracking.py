@@ -217,6 +217,19 @@ def last_logged_step(run_id: str | None = None, tracking_uri: str | None = None)
     return max(queued, max((m.step for m in history), default=0))
 
 
+def run_has_metric(key: str) -> bool:
+    """Whether the open run already holds (or has queued) ``key``."""
+    from mlflow.tracking import MlflowClient
+
+    if _outbox is None:
+        return False
+    if _outbox.pending_has_metric(key):
+        return True
+    client = MlflowClient(_outbox.tracking_uri)
+    run = retry_transient(lambda: client.get_run(_outbox.run_id), "reading the run")
+    return key in run.data.metrics
+
+
 def log_metrics(metrics: dict[str, float], step: int) -> None:
     """Queue the finite numeric metrics of one step for the open run (one batched request)."""
     finite = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
