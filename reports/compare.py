@@ -184,10 +184,12 @@ def ordered(rows: list[ReportRow], params: list[str]) -> list[ReportRow]:
 def _marked_best(rows: list[ReportRow], col: str, fmt: str) -> str | None:
     """The printed text of the best value in ``col``, or None when another row prints the same text (a
     difference the table does not show is not a best)."""
+    from eval.knobs import base_metric
+
     values = [r.metrics[col] for r in rows if col in r.metrics and math.isfinite(r.metrics[col])]
-    if not values or col not in METRICS:
+    if not values or base_metric(col) not in METRICS:
         return None
-    best = (max if METRICS[col].better == "max" else min)(values)
+    best = (max if METRICS[base_metric(col)].better == "max" else min)(values)
     texts = [format(v, fmt) for v in values]
     return format(best, fmt) if texts.count(format(best, fmt)) == 1 else None
 
@@ -205,7 +207,8 @@ def table(rows: list[ReportRow], params: list[str], metric: str, verdict=None) -
     """The report's table (header, one row of cells per report row): run, status, the swept settings, the
     selection metric with its difference to the baseline beside it, the other scores, loss, time, sizes."""
     metric_cols = [m for m in EVAL_COLUMNS if any(m in r.metrics for r in rows)]
-    if metric in metric_cols:  # the selection metric first, its paired difference to the baseline beside it
+    if metric in metric_cols or any(metric in r.metrics for r in rows):  # the selection metric first (also a
+        # knob setting's), its paired difference to the baseline beside it
         metric_cols = [metric] + [m for m in metric_cols if m != metric]
     sizes = sorted({k for r in rows for k in r.metrics if k.endswith("/size_mb")})  # adapter, model, embeddings
     extra_cols = [c for c in ("train/loss", "train/time_s", *sizes) if any(c in r.metrics for r in rows)]
@@ -264,7 +267,12 @@ def render_markdown(rows: list[ReportRow], title: str, parent_run_id: str, metri
         texts = [(f"**{c.text}**" if c.best else c.text).replace("|", "/") for c in cells]
         lines.append("| " + " | ".join(texts) + " |")
     for picture in pictures:
-        lines += ["", f"## {picture.title}", "", picture.caption, "", f"![{picture.title}]({picture.file})"]
+        lines += ["", f"## {picture.title}", "", picture.caption, ""]
+        if picture.table:
+            lines += ["| " + " | ".join(picture.table[0]) + " |", "|" + "|".join("---" for _ in picture.table[0]) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in picture.table[1:]] + [""]
+        if picture.file:
+            lines.append(f"![{picture.title}]({picture.file})")
     lines.append("")
     return "\n".join(lines)
 
@@ -291,6 +299,7 @@ class Picture:
     caption: str
     file: str
     kind: str = "plot"  # "grid" or "plot"
+    table: list[list[str]] | None = None  # a table shown above the picture (header first; "**x**" is bold)
 
 
 def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: str = "eval/clip_t",
@@ -321,6 +330,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         pictures = _draw_grids(rows, references, metric, mode, out_dir)
         html_images = {r.run_id: dict(r.images) for r in rows}
         pictures += _draw_plots(rows, params, metric, mode, out_dir)
+        pictures += _knob_section(client, rows, metric, mode, Path(tmp) / "knobs", out_dir)
         verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
         markdown = render_markdown(rows, title, parent_run_id, metric, mode, verdict, swept, pictures)
         (out_dir / "report.md").write_text(markdown, encoding="utf-8")
@@ -330,7 +340,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         columns, note = figures.grid_columns(rows, metric, mode)
         (out_dir / "report.html").write_text(
             render_html(rows, title, parent, metric, verdict, params, prompts, references, columns, note,
-                        [p for p in pictures if p.kind == "plot"], out_dir, html_images, ui_url),
+                        [p for p in pictures if not p.file.startswith("grid")], out_dir, html_images, ui_url),
             encoding="utf-8",
         )  # fmt: skip
     delta = verdict.delta
@@ -393,6 +403,70 @@ def _draw_grids(rows: list[ReportRow], references: dict[str, Path], metric: str,
                    f"image's {metric.removeprefix('eval/')} in its corner. {note}").strip()  # fmt: skip
         pictures.append(Picture(title, caption, file, kind="grid"))
     return pictures
+
+
+def knob_settings(rows: list[ReportRow], metric: str) -> list[str]:
+    """The inference settings (eval.knobs) at which ``metric``'s base was logged, in the grid's order."""
+    from eval.knobs import BEST, base_metric
+
+    base = base_metric(metric)
+    texts = {k.split(" ", 1)[1] for r in rows for k in r.metrics if k.startswith(base + " ")} - {BEST}
+
+    def order(text: str):
+        return [float(part.split(":", 1)[1]) for part in text.split()]
+
+    return sorted(texts, key=lambda t: ([p.split(":")[0] for p in t.split()], order(t)))
+
+
+def _knob_section(client, rows: list[ReportRow], metric: str, mode: str, tmp: Path, out_dir: Path) -> list[Picture]:
+    """The inference-settings table (every row at every setting, each row's best in bold) and the winner's
+    samples at each setting."""
+    from eval.knobs import BEST, base_metric
+
+    base = base_metric(metric)
+    settings = knob_settings(rows, metric)
+    if not settings:
+        return []
+    better = METRICS[base].better if base in METRICS else mode
+    header = ["run", "settings", *settings, BEST]
+    table = [header]
+    for r in rows:
+        values = [r.metrics.get(f"{base} {s}") for s in settings]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        top = (max if better == "max" else min)(finite) if finite else None
+        texts = [format(top, ".4f")] if top is not None else []
+        cells = ["" if v is None else (f"**{v:.4f}**" if top is not None and format(v, ".4f") == texts[0] and
+                                       [format(x, ".4f") for x in finite].count(texts[0]) == 1 else f"{v:.4f}")
+                 for v in values]  # fmt: skip
+        best = r.metrics.get(f"{base} {BEST}")
+        table.append([r.name, r.label, *cells, "" if best is None else f"{best:.4f}"])
+    short = base.removeprefix("eval/")
+    pictures = [Picture("Inference settings",
+                        f"{short} of every trained model (and of the baseline, where only guidance and steps apply) "
+                        "at each inference setting, same prompts and seeds, no retraining (scale: LoRA strength "
+                        "of the UNet, te_scale: of the text encoder, cfg: guidance scale, steps: sampling steps). "
+                        "Bold: each row's best setting.", "", kind="table", table=table)]  # fmt: skip
+    from reports.figures import render_knob_grid
+
+    winner = next((r for r in sorted((r for r in rows if r.kind == "trial" and r.status == "FINISHED"
+                                       and math.isfinite(r.metrics.get(metric, math.nan))),
+                                      key=lambda r: r.metrics[metric], reverse=mode == "max")), None)  # fmt: skip
+    if winner is not None:
+        images = _download_knob_samples(client, winner.run_id, tmp / winner.run_id)
+        if images:
+            render_knob_grid(images, settings, winner.prompts).save(out_dir / "knobs.png")
+            title = f"The best trial at each inference setting: {winner.name} ({winner.label})"
+            pictures.append(Picture(title, "Prompts as rows, inference settings as columns.", "knobs.png"))
+    return pictures
+
+
+def _download_knob_samples(client, run_id: str, dest: Path) -> dict[str, dict[str, Path]]:
+    """setting slug -> prompt stem -> image of the run's ``knobs/`` samples."""
+    if not client.list_artifacts(run_id, "knobs"):
+        return {}
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(client.download_artifacts(run_id, "knobs", str(dest)))
+    return {d.name: {p.stem: p for p in sorted(d.glob("*.png"))} for d in sorted(local.iterdir()) if d.is_dir()}
 
 
 def _draw_plots(rows: list[ReportRow], params: list[str], metric: str, mode: str, out_dir: Path) -> list[Picture]:

@@ -318,3 +318,32 @@ def plot_parallel(rows, params: list[str], metric: str, mode: str, out_file: Pat
 def _better(metric: str) -> str:
     info = METRICS.get(metric)
     return info.better if info else "max"
+
+
+def render_knob_grid(images: dict[str, dict[str, Path]], settings: list[str], prompts: list[dict] | None,
+                     cell: int = 128) -> Image.Image:  # fmt: skip
+    """One model's samples at each inference setting: prompts (rows, by their text) x settings (columns);
+    ``images`` maps a setting's slug (its ``knobs/`` folder) to prompt stem -> image."""
+    from trainables.common.tracking import slug
+
+    columns = [(text, images.get(slug(text), {})) for text in settings]
+    stems = sorted({stem for _, found in columns for stem in found})
+    texts = {i: p.get("text", "") for i, p in enumerate(prompts or [])}
+    label_w, header_h = 200, 30
+    grid = Image.new("RGB", (label_w + cell * len(columns), header_h + cell * max(1, len(stems))), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (text, _) in enumerate(columns):
+        draw.text((label_w + c * cell + 4, 8), _ascii(text)[:20], fill="black")
+    for r, stem in enumerate(stems):
+        y = header_h + r * cell
+        index = int(stem[:2]) if stem[:2].isdigit() else None
+        label = texts.get(index) or stem
+        for k, chunk in enumerate(_wrap(_ascii(label), 30)[:4]):
+            draw.text((4, y + 8 + 14 * k), chunk, fill="black")
+        for c, (_, found) in enumerate(columns):
+            x = label_w + c * cell
+            if stem in found:
+                with Image.open(found[stem]) as img:
+                    grid.paste(img.convert("RGB").resize((cell, cell)), (x, y))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="#cccccc")
+    return grid

@@ -103,7 +103,7 @@ def render_html(rows, title: str, parent, metric: str, verdict, params: list[str
         f"{_e(ui_url)}). {n_trials} trials and the baseline.</p>"
     )
 
-    header, body = table(rows, params, metric, verdict)
+    header, body = table(rows, params, metric, verdict)  # the trials' table (id "trials")
     out += ["<h2>Trials</h2>",
             '<p class="note">Rows in the order of the swept settings; click a column to sort it (the baseline '
             "stays on top). A value is <b>bold</b> when it is the best of its column at the printed precision "
@@ -138,9 +138,24 @@ def render_html(rows, title: str, parent, metric: str, verdict, params: list[str
         )
         out.append(_grid(members, references, columns, images, metric))
     for picture in plots:
+        out += [f"<h2>{_e(picture.title)}</h2>", f'<p class="note">{_e(picture.caption)}</p>']
+        if picture.table:
+            out.append('<table class="sortable knobs"><thead><tr>')
+            out += [f"<th>{_e(h)}</th>" for h in picture.table[0]]
+            out.append("</tr></thead><tbody>")
+            for row in picture.table[1:]:
+                css = ' class="baseline"' if row[1] == "no fine-tune" else ""
+                cells = []
+                for i, text in enumerate(row):
+                    bold = text.startswith("**")
+                    text = text.strip("*")
+                    cls = "text" if i < 2 else ("best" if bold else "")
+                    cells.append(f'<td class="{cls}" data-v="{_e(text)}">{_e(text)}</td>')
+                out.append(f"<tr{css}>{''.join(cells)}</tr>")
+            out.append("</tbody></table>")
+        if not picture.file:
+            continue
         out += [
-            f"<h2>{_e(picture.title)}</h2>",
-            f'<p class="note">{_e(picture.caption)}</p>',
             f'<img class="plot" alt="{_e(picture.title)}" src="{data_uri(out_dir / picture.file, 4096)}">',
         ]
     out.append(f"<script>{_SCRIPT}</script></body></html>")

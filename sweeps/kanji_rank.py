@@ -37,6 +37,8 @@ SWEEP = Sweep(
     scheduler="fifo",
     metric="eval/glyph_iou",  # held-out glyphs drawn right; clip_t alone rewards any kanji-looking image
     mode="max",
+    # every trained adapter (and the baseline, at each guidance) is also sampled at these inference settings
+    knobs={"lora_scale": [0.5, 1.0], "guidance_scale": [3.0, 7.5]},
 )
 
 if __name__ == "__main__":

@@ -192,8 +192,14 @@ def test_dreambooth_with_prior_trains_the_unet_only(context, trained, tiny_sd, t
                "train/instance_loss", "train/prior_loss")}  # fmt: skip
     assert history["train/loss"] == pytest.approx(history["train/instance_loss"] + 0.5 * history["train/prior_loss"])
     assert all(math.isfinite(run.data.metrics[k]) for k in ("eval/dino", "eval/clip_i", "eval/clip_t"))
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model/unet")}
-    assert {"model/unet/config.json", "model/unet/diffusion_pytorch_model.safetensors"} <= artifacts
+    # the files people load: the diffusers pipeline folder, the single-file checkpoint, the card
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert artifacts == {"model/README.md", "model/model.safetensors", "model/pipeline"}
+    pipeline = client.download_artifacts(run.info.run_id, "model/pipeline", str(tmp_path / "logged"))
+    from diffusers import StableDiffusionPipeline
+
+    logged = StableDiffusionPipeline.from_pretrained(pipeline)
+    assert _same(logged.unet, pipe.unet) and _same(logged.vae, base.vae)
 
 
 def test_dreambooth_lora_with_text_encoder_leaves_base_weights_and_reloads(context, trained, tiny_sd, tmp_path,

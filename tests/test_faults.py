@@ -84,7 +84,11 @@ def _killed_and_restarted(tmp_path: Path, workers: int, cache: Path):
     # step 0 (the untrained model) once, though the first attempt logged it and was killed
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")) == [0, 10, 20]
     adapters = [f.path for f in client.list_artifacts(run.info.run_id, "adapter")]
-    assert adapters == ["adapter/pytorch_lora_weights.safetensors"]  # rank 0 alone logs the adapter
+    assert adapters == [
+        "adapter/README.md",
+        "adapter/lora_kohya.safetensors",
+        "adapter/pytorch_lora_weights.safetensors",
+    ]  # rank 0 alone logs the files
     assert run.data.params.get("workers_per_trial", "1") == str(workers)
     assert run.data.tags["sdsweep.node_id"]  # where the last attempt trained
     (trial_dir,) = storage.glob("faults-*/run_trial_*")
@@ -246,7 +250,11 @@ def test_an_mlflow_server_restart_mid_trial_loses_nothing(tmp_path):
             range(0, 61, 10)
         )
         logged = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
-        assert logged == {"adapter/pytorch_lora_weights.safetensors"}
+        assert logged == {
+            "adapter/README.md",
+            "adapter/lora_kohya.safetensors",
+            "adapter/pytorch_lora_weights.safetensors",
+        }
         # the trial did not wait for the server: it logged steps while it was down
         during = [m for m in client.get_metric_history(run.info.run_id, "train/loss")
                   if outage["down"] * 1000 < m.timestamp < outage["up"] * 1000]  # fmt: skip

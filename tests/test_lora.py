@@ -71,8 +71,8 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
         keys = list(fh.keys())
         metadata = fh.metadata()
     assert keys and all(k.startswith("unet.") for k in keys)
-    assert {k.rsplit(".", 4)[-4] for k in keys} == {"to_q", "to_k", "to_v", "0"}  # to_out.0
-    assert any(k.endswith("lora.down.weight") for k in keys) and any(k.endswith("lora.up.weight") for k in keys)
+    assert {k.rsplit(".", 2)[0].rsplit(".", 1)[-1] for k in keys} == {"to_q", "to_k", "to_v", "0"}  # to_out.0
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)  # peft's names, as diffusers reads
     import json
 
     peft_config = json.loads(metadata["lora_adapter_metadata"])
@@ -106,7 +106,13 @@ def test_train_lora_writes_a_loadable_adapter_and_mlflow_records(context, tiny_s
     assert [m.step for m in client.get_metric_history(run.info.run_id, "adapter/size_mb")] == [6]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "samples/final")}
     assert len(artifacts) == len(context.eval.prompts)
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [f"adapter/{ADAPTER_FILE}"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [
+        "adapter/README.md", "adapter/lora_kohya.safetensors", f"adapter/{ADAPTER_FILE}"
+    ]  # fmt: skip
+    card = client.download_artifacts(run.info.run_id, "adapter/README.md", str(tmp_path / "card"))
+    text = open(card, encoding="utf-8").read()
+    assert "method **lora** on base model" in text and "| lora_rank | 4 |" in text and "| eval/clip_t |" in text
+    assert "<lora:lora_kohya:1>" in text and "load_lora_weights('.', weight_name='pytorch_lora_weights" in text
 
 
 def test_adapter_reloads_with_the_trained_scale(tiny_sd, tmp_path):

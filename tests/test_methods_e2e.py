@@ -54,15 +54,20 @@ def test_dreambooth_methods_sweep_puts_every_method_beside_the_baseline(tmp_path
         # 3 prompts x 2 seeds each (the tiny preset's subject eval)
         assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 6
     by_method = {(r.data.params["method"], r.data.params.get("with_prior_preservation")): r for r in trials}
-    assert "adapter/pytorch_lora_weights.safetensors" in _files(client, by_method["lora", None], "adapter")
-    assert "adapter/pytorch_lora_weights.safetensors" in _files(client, by_method["dreambooth_lora", "True"],
-                                                                "adapter")  # fmt: skip
+    # the files each method leaves in its run, each with its model card
+    lora_files = {"adapter/README.md", "adapter/lora_kohya.safetensors", "adapter/pytorch_lora_weights.safetensors"}
+    assert _files(client, by_method["lora", None], "adapter") == lora_files
+    assert _files(client, by_method["dreambooth_lora", "True"], "adapter") == lora_files
     for prior in ("False", "True"):
-        assert "model/unet/diffusion_pytorch_model.safetensors" in _files(
-            client, by_method["dreambooth", prior], "model/unet"
-        )
-    assert "embeddings/learned_embeds.safetensors" in _files(client, by_method["textual_inversion", None],
-                                                             "embeddings")  # fmt: skip
+        model = {"model/README.md", "model/model.safetensors", "model/pipeline"}
+        assert _files(client, by_method["dreambooth", prior], "model") == model
+        assert "model/pipeline/unet" in _files(client, by_method["dreambooth", prior], "model/pipeline")
+    embeddings = _files(client, by_method["textual_inversion", None], "embeddings")
+    assert embeddings == {"embeddings/README.md", "embeddings/learned_embeds.safetensors", "embeddings/sks.safetensors"}
+    # the winner's files, with its card, in the parent run as best/
+    winner = client.get_run(parent.data.tags["sdsweep.best_run_id"])
+    kind = next(k for k in ("adapter", "embeddings", "model") if _files(client, winner, k))
+    assert {f.replace(kind, "best", 1) for f in _files(client, winner, kind)} == _files(client, parent, "best")
     # prior preservation logs both loss terms; without it there is no prior term
     for key in (("dreambooth", "True"), ("dreambooth_lora", "True")):
         history = client.get_metric_history(by_method[key].info.run_id, "train/prior_loss")

@@ -238,3 +238,39 @@ def test_the_html_report_renders_in_chromium_and_its_table_sorts_on_click(tmp_pa
     assert before == [baseline, "lora-r2", "lora-r4", "lora-r8"]  # the swept order
     assert ascending == [baseline, "lora-r4", "lora-r8", "lora-r2"]  # the baseline stays on top
     assert descending == [baseline, "lora-r2", "lora-r8", "lora-r4"]
+
+
+def test_the_inference_settings_table_and_the_winners_grid(tmp_path):
+    uri, experiment, pid = _store(tmp_path)
+    settings = ("scale:0.5 cfg:3", "scale:0.5 cfg:7.5", "scale:1 cfg:3", "scale:1 cfg:7.5")
+
+    def knobs(values, color=None):
+        metrics = {f"eval/glyph_iou {s}": v for s, v in zip(settings, values, strict=True)}
+        metrics["eval/glyph_iou best knob"] = max(values)
+        return metrics
+
+    _child(experiment, pid, "baseline", "baseline", {"method": "none"},
+           {"eval/glyph_iou": 0.10, **knobs((0.11, 0.10, 0.11, 0.10))}, "grey")  # fmt: skip
+    _child(experiment, pid, "lora-r2", "trial", {"method": "lora", "lora_rank": 2},
+           {"eval/glyph_iou": 0.20, **knobs((0.15, 0.12, 0.25, 0.20))}, "red")  # fmt: skip
+    winner = _child(experiment, pid, "lora-r4", "trial", {"method": "lora", "lora_rank": 4},
+                    {"eval/glyph_iou": 0.30, **knobs((0.22, 0.21, 0.35, 0.30))}, "blue")  # fmt: skip
+    with mlflow.start_run(run_id=winner):
+        for k, s in enumerate(settings):
+            for stem in STEMS:
+                mlflow.log_image(Image.new("RGB", (64, 64), (60 * k, 0, 0)),
+                                 artifact_file=f"knobs/{s.replace(':', '-').replace(' ', '-')}/{stem}.png")  # fmt: skip
+
+    text = build_report(uri, pid, tmp_path / "out", metric="eval/glyph_iou", mode="max").read_text()
+    section = text.split("## Inference settings", 1)[1]
+    header = "| run | settings | scale:0.5 cfg:3 | scale:0.5 cfg:7.5 | scale:1 cfg:3 | scale:1 cfg:7.5 | best knob |"
+    assert header in section
+    assert "| lora-r4 | rank=4 | 0.2200 | 0.2100 | **0.3500** | 0.3000 | 0.3500 |" in section
+    assert "| baseline | no fine-tune | 0.1100 | 0.1000 | 0.1100 | 0.1000 | 0.1100 |" in section  # a tie: no bold
+    # the winner's samples at each setting: prompts as rows, settings as columns, in the settings' order
+    assert "## The best trial at each inference setting: lora-r4 (rank=4)" in text
+    grid = Image.open(tmp_path / "out" / "knobs.png").convert("RGB")
+    assert grid.size == (200 + 128 * 4, 30 + 128 * 2)
+    assert [grid.getpixel((200 + 128 * k + 64, 30 + 64)) for k in range(4)] == [(60 * k, 0, 0) for k in range(4)]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert '<table class="sortable knobs">' in page and '<td class="best" data-v="0.3500">0.3500</td>' in page

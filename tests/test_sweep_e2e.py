@@ -45,8 +45,11 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     for run in trials:
         assert float(run.data.params["lora_alpha"]) == float(run.data.params["lora_rank"])
         assert run.data.params["method"] == "lora"
+        # both LoRA files (diffusers and kohya) and the model card
         assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [
-            "adapter/pytorch_lora_weights.safetensors"
+            "adapter/README.md",
+            "adapter/lora_kohya.safetensors",
+            "adapter/pytorch_lora_weights.safetensors",
         ]
     for run in children:
         assert run.info.status == "FINISHED"
@@ -80,6 +83,12 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     parent = client.get_run(parents[0].info.run_id)
     assert parent.data.tags["sdsweep.best_trial"] == verdict["winner"] and verdict["delta"]["n"] == 4
     assert parent.data.metrics["best/delta"] == pytest.approx(verdict["delta"]["mean"])
+    # the winner's files, copied to the parent run as best/: the same bytes as the winner's adapter/
+    best = sorted(a.path for a in client.list_artifacts(parents[0].info.run_id, "best"))
+    assert best == ["best/README.md", "best/lora_kohya.safetensors", "best/pytorch_lora_weights.safetensors"]
+    mine = client.download_artifacts(verdict["winner_run_id"], "adapter/lora_kohya.safetensors", str(tmp_path / "w"))
+    copy = client.download_artifacts(parents[0].info.run_id, "best/lora_kohya.safetensors", str(tmp_path / "b"))
+    assert open(mine, "rb").read() == open(copy, "rb").read()
     verdicts = ("beats the baseline", "no trial beats the baseline beyond the spread")
     assert parent.data.tags["sdsweep.verdict"] in verdicts
     assert any("random weights" in line for line in verdict["lines"])
@@ -170,7 +179,10 @@ def test_optuna_search_with_asha_stops_and_records(kanji_rank_run, cache, tmp_pa
         assert run.info.status in {"FINISHED", "KILLED"}
         assert (run.info.status == "KILLED") == ("sdsweep.stopped_early" in run.data.tags)
         assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 7  # the latest eval's samples
+        card = ["adapter/README.md"] if run.info.status == "FINISHED" else []  # written as a trial finishes
         assert [a.path for a in client.list_artifacts(run.info.run_id, "adapter")] == [
-            "adapter/pytorch_lora_weights.safetensors"
+            *card,
+            "adapter/lora_kohya.safetensors",
+            "adapter/pytorch_lora_weights.safetensors",
         ]
         assert 1e-4 <= float(run.data.params["unet_lr"]) <= 1e-2

@@ -153,7 +153,10 @@ def test_mlflow_child_run(trained):
     assert params["initializer"] == "toy" and params["template_set"] == "object" and params["trainable_params"] == "32"
     assert all(math.isfinite(run.data.metrics[k]) for k in ("eval/clip_t", "eval/clip_i", "eval/dino"))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/clip_t")] == [0, 2, 4]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "embeddings")] == [f"embeddings/{EMBEDDINGS}"]
+    # diffusers' file, A1111's (named by the token, emb_params inside) and the model card
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "embeddings")] == [
+        "embeddings/README.md", f"embeddings/{EMBEDDINGS}", "embeddings/sks.safetensors"
+    ]  # fmt: skip
     assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 2
 
 

@@ -7,13 +7,16 @@ from pathlib import Path
 import torch
 
 from eval.evaluate import evaluate
+from eval.knobs import sampling_for
 from eval.scorers import load_scorers
 from trainables.common.config import PRECISION_DTYPES
+from trainables.common.loop import evaluate_knobs
 from trainables.common.tracking import (
     TrialContext,
     child_run,
     eval_params,
     log_item_scores,
+    log_knob_samples,
     log_metrics,
     log_params,
     log_samples,
@@ -35,7 +38,14 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
         pipe.set_progress_bar_config(disable=True)
         scorers = load_scorers(ctx.scorers, device)
         metrics, images, items = evaluate(pipe, ctx.eval, scorers, ctx.sampling)
-        log_metrics(metrics, step=0)
         log_samples(list(ctx.eval.prompts), images, step=0, final=True)
         log_item_scores(list(ctx.eval.prompts), items, step=0)
+        if ctx.knobs:  # the trials' guidance and steps settings (LoRA scales do not apply to the base model)
+            knob_metrics, knob_images = evaluate_knobs(
+                lambda combo: evaluate(pipe, ctx.eval, scorers, sampling_for(ctx.sampling, combo)), ctx.knobs
+            )
+            metrics.update(knob_metrics)
+            for combo, samples in knob_images.items():
+                log_knob_samples(list(ctx.eval.prompts), samples, combo)
+        log_metrics(metrics, step=0)
         return metrics

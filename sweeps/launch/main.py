@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from dataclasses import replace
@@ -66,6 +67,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else preset.gpus_per_trial
     workers = args.workers_per_trial if args.workers_per_trial is not None else sweep.workers_per_trial
     _check_flags(sweep, args, cpus, gpus)
+    _check_knobs(sweep)
     if workers < 1:
         raise SweepError(f"--workers-per-trial {workers}: use 1 (the trial's own process) or more")
 
@@ -143,6 +145,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                     "metric": sweep.metric, "mode": sweep.mode, "num_samples": args.num_samples,
                     "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
                     "workers_per_trial": workers, "scorers": scorers.text(),
+                    **({"knobs": json.dumps(sweep.knobs)} if sweep.knobs else {}),
                 }
             )  # fmt: skip
             mlflow.log_dict(
@@ -163,7 +166,8 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         context = _trial_context(model, tracking_uri, exp_id, parent.info.run_id, eval_set, sampling, scorers)
         context = replace(context, tags=_source_tags(), mixed_precision=trials[0].train.mixed_precision,
                           num_class_images=preset.num_class_images, workers_per_trial=workers, cpus_per_worker=cpus,
-                          gpus_per_worker=gpus, storage_path=tune_path, max_failures=args.max_failures)  # fmt: skip
+                          gpus_per_worker=gpus, storage_path=tune_path, max_failures=args.max_failures,
+                          knobs=dict(sweep.knobs))  # fmt: skip
 
         # 4. the no-fine-tune baseline, same prompts and seeds (also proves model and scorers load)
         baseline_metrics = None
@@ -188,7 +192,8 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
         report_dir = Path(args.report_dir).expanduser().resolve() / sweep.name
         report = build_report(tracking_uri, parent.info.run_id, report_dir, sweep.metric, sweep.mode)
         verdict = _record_verdict(report_dir)
-        best_files = _best_files(tracking_uri, verdict["winner_run_id"], results)
+        _log_best(tracking_uri, verdict["winner_run_id"])
+        best_files = _best_files(tracking_uri, verdict["winner_run_id"], results, parent.info.run_id)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
         mlflow.set_tag("sdsweep.complete", "true")
         mlflow.end_run(status="FAILED" if failed and len(failed) == len(results) else "FINISHED")
@@ -263,9 +268,26 @@ def _source_tags() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit.stdout.strip(), "sdsweep.git_dirty": "true" if dirty else "false"}
 
 
-def _best_files(tracking_uri: str, run_id: str | None, results) -> str:
+def _log_best(tracking_uri: str, run_id: str | None) -> None:
+    """The winner's files (adapter, embeddings or model, with its card) copied to the parent run as ``best/``."""
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        return
+    client = MlflowClient(tracking_uri)
+    for kind in ("adapter", "embeddings", "model"):
+        if client.list_artifacts(run_id, kind):
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.log_artifacts(client.download_artifacts(run_id, kind, tmp), artifact_path="best")
+            return
+
+
+def _best_files(tracking_uri: str, run_id: str | None, results, parent_run_id: str) -> str:
     """Where the winner's trained files are: its trial folder's final files, and the MLflow command that
-    fetches them from any machine ("" without a winner)."""
+    fetches them (the parent run's ``best/``) from any machine ("" without a winner)."""
     from mlflow.tracking import MlflowClient
 
     if not run_id:
@@ -273,9 +295,9 @@ def _best_files(tracking_uri: str, run_id: str | None, results) -> str:
     run = MlflowClient(tracking_uri).get_run(run_id)
     trial_id = run.data.tags.get("sdsweep.trial_id")
     folder = next((Path(r.path) for r in results if r.metrics and r.metrics.get("trial_id") == trial_id), None)
-    kind = next((k for k in ("adapter", "embeddings", "model") if f"{k}/size_mb" in run.data.metrics), "adapter")
-    fetch = f"MLFLOW_TRACKING_URI={tracking_uri} {mlflow_cli()} artifacts download -u runs:/{run_id}/{kind} -d best"
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.name == "model") if folder else []
+    cli = f"MLFLOW_TRACKING_URI={tracking_uri} {mlflow_cli()}"
+    fetch = f"{cli} artifacts download -u runs:/{parent_run_id}/best -d best"
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.name == "pipeline") if folder else []
     return (", ".join(str(f) for f in files) + "; " if files else "") + f"fetch them with: {fetch}"
 
 
@@ -396,6 +418,25 @@ def _log_references(eval_set) -> None:
             mlflow.log_image(prompt.reference, artifact_file=f"references/{i:02d}_{slug(prompt.name)}.png")
     for i, image in enumerate(eval_set.references):
         mlflow.log_image(image, artifact_file=f"references/subject/{i:02d}.png")
+
+
+def _check_knobs(sweep: Sweep) -> None:
+    """A bad knob grid, or a metric naming a knob setting the grid lacks, is refused before anything starts."""
+    from eval.knobs import BEST, base_metric, is_knob_key, knob_grid, knob_text
+
+    try:
+        combos = knob_grid(dict(sweep.knobs))
+    except ValueError as err:
+        raise SweepError(f"sweep {sweep.name!r}: {err}") from None
+    if is_knob_key(sweep.metric):
+        setting = sweep.metric.split(" ", 1)[1]
+        known = [BEST, *(knob_text(c) for c in combos)] if sweep.knobs else []
+        if setting not in known:
+            raise SweepError(
+                f"metric {sweep.metric!r}: the knob setting {setting!r} is not in the sweep's knobs "
+                f"({', '.join(repr(f'{base_metric(sweep.metric)} {k}') for k in known) or 'none set'}): "
+                "use one of those, or the plain metric"
+            )
 
 
 def _trial_context(model, tracking_uri, exp_id, parent_run_id, eval_set, sampling, scorers):

@@ -35,6 +35,10 @@ class Sweep:
     metric: str = "eval/clip_t"  # what "best" means for the searcher, the scheduler and the summary
     mode: str = "max"
     workers_per_trial: int = 1  # >1: each trial is a Ray Train job of this many data-parallel workers
+    # inference settings tried on every trained model and on the baseline, e.g. {"lora_scale": [0.5, 1.0],
+    # "guidance_scale": [3.0, 7.5]} (eval.knobs); ``metric`` may name one ("eval/clip_t scale:0.5 cfg:3") or
+    # the best of them ("eval/clip_t best knob")
+    knobs: dict[str, list] = field(default_factory=dict)
 
     def all_arms(self) -> list[dict[str, Any]]:
         if self.arms and self.search_space:

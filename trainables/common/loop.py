@@ -13,6 +13,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from trainables.common.tracking import (
     drain_writes,
     log_files,
     log_item_scores,
+    log_knob_samples,
     log_metrics,
     log_samples,
     set_tags,
@@ -186,10 +188,19 @@ class TrialRecorder:
         eval_set,
         artifact_path: str,
         log_files_every_eval: bool = True,
+        export: Callable[[Path], list[Path]] | None = None,
+        card: Callable[[dict[str, float], list[str]], str] | None = None,
+        knobs: dict[str, list] | None = None,
+        lora_models: tuple = (),
     ):
         self.args, self.evaluate, self.save, self.eval_set = args, evaluate, save, eval_set
         self.artifact_path = artifact_path  # "adapter", "embeddings" or "model" in the MLflow run
         self.log_files_every_eval = log_files_every_eval  # False for full models: too large to log at every eval
+        # full models: the files people load (pipeline folder, single-file checkpoint), written once at the end
+        # instead of logging the checkpoint's own files; ``card`` writes README.md from the final metrics
+        self.export, self.card = export, card
+        # inference settings tried on the final model (eval.knobs); the scales act on ``lora_models``' LoRA layers
+        self.knobs, self.lora_models = knobs or {}, lora_models
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.started = time.perf_counter()
@@ -250,11 +261,18 @@ class TrialRecorder:
             if step > self.logged_through:  # samples/final and scores/final.json: the latest eval's
                 log_samples(list(self.eval_set.prompts), images, step, final=True)
                 log_item_scores(list(self.eval_set.prompts), items, step)
+            if step == args.max_steps and self.knobs:  # the trained model at each inference setting
+                knob_metrics, knob_images = evaluate_knobs(self.evaluate, self.knobs, *self.lora_models)
+                metrics.update(knob_metrics)
+                if step > self.logged_through:
+                    for combo, samples in knob_images.items():
+                        log_knob_samples(list(self.eval_set.prompts), samples, combo)
         with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
             files = self.save(Path(checkpoint))
             if is_eval:
                 metrics[f"{self.artifact_path}/size_mb"] = sum(_size(f) for f in files) / 2**20
-                if (self.log_files_every_eval or step == args.max_steps) and step > self.logged_through:
+                final = step == args.max_steps and self.export is None
+                if (self.log_files_every_eval or final) and step > self.logged_through:
                     log_files(files, self.artifact_path)
                 self.metrics = metrics
             self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
@@ -299,7 +317,14 @@ class TrialRecorder:
         if not is_main():
             return
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # rank 0 may run on another node than the trial
-        self.save(Path(out_dir))
+        files = self.save(Path(out_dir))
+        if self.export is not None:  # written and logged once, at the end
+            files = self.export(Path(out_dir))
+            log_files(files, self.artifact_path)
+        if self.card is not None:
+            card = Path(out_dir) / "README.md"
+            card.write_text(self.card(self.metrics, [Path(f).name for f in files]), encoding="utf-8")
+            log_files([card], self.artifact_path)
         if not all(math.isfinite(v) for k, v in self.metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {self.metrics}: check the scorer models")
 
@@ -328,11 +353,58 @@ def caption_embeddings(data, index: torch.Tensor, text_encoder, cached: bool, de
     return text_encoder(data.input_ids[rows].to(device))[0]
 
 
-def evaluate_pipeline(pipe, eval_set, scorers, sampling):
+def evaluate_pipeline(pipe, eval_set, scorers, sampling, combo: dict[str, float] | None = None):
     """Sample and score ``eval_set`` with ``pipe``'s current (trained) modules in eval mode: ``(metrics,
-    images, per-prompt items)``."""
+    images, per-prompt items)``; ``combo``: an inference setting's guidance and steps (eval.knobs)."""
     from eval.evaluate import evaluate
+    from eval.knobs import sampling_for
 
     pipe.unet.eval()
     pipe.text_encoder.eval()
-    return evaluate(pipe, eval_set, scorers, sampling)
+    return evaluate(pipe, eval_set, scorers, sampling_for(sampling, combo) if combo else sampling)
+
+
+@contextmanager
+def lora_scaled(model, scale: float):
+    """Every LoRA layer of ``model`` at ``scale`` times its trained scale, restored on exit (an inference knob:
+    the same as a loader's LoRA strength)."""
+    layers = [m for m in (model.modules() if model is not None else ()) if getattr(m, "scaling", None)]
+    saved = [dict(m.scaling) for m in layers]
+    try:
+        for m in layers:
+            for name in m.scaling:
+                m.scaling[name] = m.scaling[name] * scale
+        yield
+    finally:
+        for m, scaling in zip(layers, saved, strict=True):
+            m.scaling.update(scaling)
+
+
+def has_lora(*models) -> bool:
+    return any(getattr(m, "scaling", None) for model in models if model is not None for m in model.modules())
+
+
+def evaluate_knobs(evaluate: Callable, knobs: dict[str, list], unet=None, text_encoder=None):
+    """Every combination of ``knobs`` (eval.knobs) evaluated with ``evaluate(combo)``, LoRA scales applied to
+    ``unet``/``text_encoder`` around it; settings that cannot change the samples are sampled once. Returns
+    ``(metrics, images)``: ``<metric> <knob text>`` and ``<metric> best knob`` keys, knob text -> samples."""
+    from eval.knobs import best_over, effective, knob_grid, knob_key, knob_text
+    from eval.metrics import METRICS
+
+    combos = knob_grid(knobs)
+    lora = has_lora(unet, text_encoder)
+    done: dict[tuple, tuple] = {}
+    metrics: dict[str, float] = {}
+    images: dict[str, list] = {}
+    for combo in combos:
+        key = effective(combo, lora)
+        if key not in done:
+            with lora_scaled(unet, combo.get("lora_scale", 1.0)), \
+                    lora_scaled(text_encoder, combo.get("text_encoder_scale", 1.0)):  # fmt: skip
+                done[key] = evaluate(combo)
+        scores, samples, _ = done[key]
+        metrics.update({knob_key(m, combo): v for m, v in scores.items()})
+        images[knob_text(combo)] = samples
+    scored = {m for scores, _, _ in done.values() for m in scores}
+    metrics.update(best_over(metrics, combos, {m: METRICS[m].better for m in scored if m in METRICS}))
+    return metrics, images

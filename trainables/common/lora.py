@@ -75,11 +75,12 @@ def save_lora(unet, out_dir: Path, text_encoder=None) -> Path:
     """Write the UNet's (and, when it has one, the text encoder's) LoRA as diffusers-format safetensors,
     with each peft config (rank, alpha, targets) as metadata so ``load_lora_weights`` restores the scale."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    def layers(model):
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    def layers(model):  # peft's own key names (lora_A/lora_B), which diffusers' loader reads as they are; the
+        # older diffusers names (lora.down/up) exist only for linear layers, so a LoRA on convolutions and
+        # attention converted to them came out mixed and the loader dropped the attention half
+        state = get_peft_model_state_dict(model)
         return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     with_text = text_encoder is not None and getattr(text_encoder, "peft_config", None)

@@ -44,6 +44,7 @@ class TrialContext:
     gpus_per_worker: float = 0
     storage_path: str | None = None  # the sweep's Tune run folder; each trial's Train run lives under it
     max_failures: int = 2  # restarts of a trial's worker group, each from its last checkpoint
+    knobs: dict[str, list] = field(default_factory=dict)  # inference settings tried after training (eval.knobs)
 
     def prepared(self):
         """The sweep's prepared data (fetched from Ray's object store when it is a reference)."""
@@ -272,6 +273,20 @@ def log_item_scores(prompts: list[EvalPrompt], items: dict[str, list[float | Non
         path = Path(tmp) / Path(ITEM_SCORES).name
         path.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
         _outbox.put("files", {"artifact_path": str(Path(ITEM_SCORES).parent)}, {path.name: path})
+
+
+def log_knob_samples(prompts: list[EvalPrompt], images: list, combo: str) -> None:
+    """Queue ``knobs/<combo>/<index>_<name>.png``: the final samples at one inference setting."""
+    import tempfile
+
+    if _outbox is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+            path = Path(tmp) / "image.png"
+            image.save(path)
+            name = f"knobs/{slug(combo)}/{index:02d}_{slug(prompt.name)}.png"
+            _outbox.put("image", {"artifact_file": name}, {"image.png": path})
 
 
 def log_files(files: list[Path], artifact_path: str) -> None:

@@ -32,6 +32,7 @@ from trainables.common.loop import (
 )
 from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
 from trainables.common.tracking import TrialContext, log_params
+from trainables.export import card_writer, full_model_files
 from trainables.models import load_for_training
 
 
@@ -107,10 +108,10 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
     scorers = load_scorers(ctx.scorers, device)
     autocast = args.mixed_precision != "no"
 
-    def evaluate():
+    def evaluate(combo=None):
         # the float32 UNet meets half-precision text embeddings on GPU: sample under the training autocast
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
-            return evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling)
+            return evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling, combo)
 
     recorder = TrialRecorder(
         args,
@@ -119,6 +120,9 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
         eval_set=ctx.eval,
         artifact_path="model",
         log_files_every_eval=False,  # a full UNet is GBs at SD scale: MLflow gets the final one, Tune every eval
+        export=lambda folder: full_model_files(pipe, folder),
+        card=card_writer(trial, ctx.model, ctx.prepared().identifier, run_name=run_name(cfg)),
+        knobs=ctx.knobs,
     )
     subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)
 

@@ -27,10 +27,10 @@ from trainables.common.lora import (
     add_lora,
     check_lora_fields,
     check_text_encoder_fields,
-    save_lora,
 )
 from trainables.common.prior import check_prior_fields, resolved_prior
 from trainables.common.tracking import TrialContext, log_params
+from trainables.export import card_writer, kohya_info, lora_files
 from trainables.methods.dreambooth import subject_loop
 from trainables.models import load_for_training
 
@@ -96,12 +96,17 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     stepper = Stepper(make_optimizer(groups, args, device), params, args, device)
     scorers = load_scorers(ctx.scorers, device)
+    trigger = ctx.prepared().identifier
+    info = kohya_info(trial, ctx.model, trigger, run_name(cfg))
     recorder = TrialRecorder(
         args,
-        evaluate=lambda: evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling),
-        save=lambda folder: [save_lora(unet, folder, text_encoder if cfg.train_text_encoder else None)],
+        evaluate=lambda combo=None: evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling, combo),
+        save=lambda folder: lora_files(unet, text_encoder if cfg.train_text_encoder else None, folder, **info),
         eval_set=ctx.eval,
         artifact_path="adapter",
+        card=card_writer(trial, ctx.model, trigger, run_name=run_name(cfg)),
+        knobs=ctx.knobs,
+        lora_models=(unet, text_encoder),
     )
     subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)
 

@@ -29,6 +29,7 @@ from trainables.common.loop import (
     noisy_latents,
 )
 from trainables.common.tracking import TrialContext, log_params
+from trainables.export import card_writer, full_model_files
 from trainables.models import load_for_training
 
 
@@ -74,10 +75,10 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
     scorers = load_scorers(ctx.scorers, device)
     autocast = args.mixed_precision != "no"
 
-    def evaluate():
+    def evaluate(combo=None):
         # the float32 UNet meets half-precision text embeddings on GPU: sample under the training autocast
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
-            return evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling)
+            return evaluate_pipeline(pipe, ctx.eval, scorers, ctx.sampling, combo)
 
     recorder = TrialRecorder(
         args,
@@ -86,6 +87,9 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
         eval_set=ctx.eval,
         artifact_path="model",
         log_files_every_eval=False,  # a full UNet is GBs at SD scale: MLflow gets the final one, Tune every eval
+        export=lambda folder: full_model_files(pipe, folder),
+        card=card_writer(trial, ctx.model, data.identifier, run_name=run_name(cfg)),
+        knobs=ctx.knobs,
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order

@@ -33,6 +33,7 @@ from trainables.common.loop import (
 )
 from trainables.common.tracking import TrialContext, log_params
 from trainables.data.encoding import tokenize
+from trainables.export import a1111_embedding_file, card_writer
 from trainables.models import load_for_training
 
 EMBEDDINGS_FILE = "learned_embeds.safetensors"  # the name diffusers' loader looks for in a folder
@@ -220,17 +221,22 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
     scorers = load_scorers(ctx.scorers, device)
     autocast = args.mixed_precision != "no"
 
-    def evaluate():
+    def evaluate(combo=None):
         # autocast: the float32 embedding feeds half-precision layers when mixed precision is on
         with torch.autocast(device, dtype=weight_dtype, enabled=autocast):
-            return evaluate_pipeline(pipe, eval_set, scorers, ctx.sampling)
+            return evaluate_pipeline(pipe, eval_set, scorers, ctx.sampling, combo)
 
     recorder = TrialRecorder(
         args,
         evaluate=evaluate,
-        save=lambda folder: [_save_embeddings(weight, ids, cfg.placeholder_token, folder)],
+        save=lambda folder: [
+            _save_embeddings(weight, ids, cfg.placeholder_token, folder),
+            a1111_embedding_file(weight[ids], cfg.placeholder_token, folder),
+        ],
         eval_set=eval_set,
         artifact_path="embeddings",
+        card=card_writer(trial, ctx.model, placeholder=cfg.placeholder_token, run_name=run_name(cfg)),
+        knobs=ctx.knobs,
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
