@@ -24,6 +24,7 @@ table.sortable th[data-dir=asc]::after{content:" \\25B2"}table.sortable th[data-
 table.sortable td{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable td.text{text-align:left}
 tr.baseline{background:#fafafa;font-style:italic}tr.failed td{color:#a40000}
+#trials td:first-child{white-space:nowrap}
 td.best{font-weight:bold;background:#eaf5e9}
 table.grid th{font-weight:normal;background:#f7f7f7;max-width:180px;vertical-align:top;font-size:12px}
 table.grid th.prompt{text-align:left;width:180px}table.grid td{padding:2px;text-align:center;vertical-align:top}

@@ -51,9 +51,19 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
             "adapter/lora_kohya.safetensors",
             "adapter/pytorch_lora_weights.safetensors",
         ]
+    settings = [f"scale:{s} cfg:{g}" for s in ("0.5", "1") for g in ("3", "7.5")]  # the sweep's knobs
     for run in children:
         assert run.info.status == "FINISHED"
-        evals = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
+        # every run at every inference setting, and the best of them; the baseline has no LoRA to scale
+        knobs = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/glyph_purity ")}
+        assert set(knobs) == {f"eval/glyph_purity {t}" for t in settings} | {"eval/glyph_purity best knob"}
+        assert knobs["eval/glyph_purity best knob"] == max(v for k, v in knobs.items() if "best" not in k)
+        if run.data.tags["sdsweep.kind"] == "baseline":
+            assert knobs["eval/glyph_purity scale:0.5 cfg:3"] == knobs["eval/glyph_purity scale:1 cfg:3"]
+        else:
+            folders = {a.path for a in client.list_artifacts(run.info.run_id, "knobs")}
+            assert folders == {f"knobs/{t.replace(':', '-').replace(' ', '-')}" for t in settings}
+        evals = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/") and " " not in k}
         assert set(evals) == {"eval/clip_t", "eval/clip_score", "eval/clip_i", "eval/dino", "eval/glyph_purity",
                               "eval/glyph_iou"}  # fmt: skip
         assert all(math.isfinite(v) for v in evals.values())
@@ -66,7 +76,7 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     rows = json.loads((tmp_path / "reports" / "kanji_rank" / "rows.json").read_text())
     assert len(rows) == 6 and rows[0]["kind"] == "baseline"
     assert [r["label"] for r in rows] == ["no fine-tune", *(f"rank={r} alpha={r}" for r in (1, 4, 8, 16, 64))]
-    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png"}
+    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png", "knobs.png"}
     assert all((tmp_path / "reports" / "kanji_rank" / p).exists() for p in pictures)
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/rows.json", *(f"report/{p}" for p in pictures)} <= logged

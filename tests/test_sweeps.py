@@ -140,3 +140,25 @@ def test_the_parent_run_records_the_search_space_as_written():
     assert describe({"lr": tune.loguniform(1e-5, 1e-3), "opt": tune.choice(["adamw"]), "seed": 0}) == {
         "lr": "tune.loguniform(1e-05, 0.001)", "opt": "tune.choice(['adamw'])", "seed": "0"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"knobs": {"lora_scale": []}}, "knob lora_scale=[]: give a non-empty list"),
+        ({"knobs": {"cfg": [3.0]}}, "knob 'cfg' is unknown: choose from"),
+        ({"metric": "eval/glyph_iou scale:2 cfg:3"}, "the knob setting 'scale:2 cfg:3' is not in the sweep's knobs"),
+        ({"metric": "eval/glyph_iou best knob", "scheduler": "asha"}, "knob settings are scored only at a trial's"),
+    ],
+)  # fmt: skip
+def test_bad_knobs_are_refused_before_anything_starts(tmp_path, capsys, change, expected):
+    from dataclasses import replace
+
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launch import launch
+
+    code = launch(replace(SWEEP, **change), ["--preset", "tiny", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
+                                              "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not (tmp_path / "m.db").exists() and not any((tmp_path / "cache").glob("*"))  # nothing started

@@ -428,6 +428,11 @@ def _check_knobs(sweep: Sweep) -> None:
         combos = knob_grid(dict(sweep.knobs))
     except ValueError as err:
         raise SweepError(f"sweep {sweep.name!r}: {err}") from None
+    if is_knob_key(sweep.metric) and sweep.scheduler == "asha":
+        raise SweepError(
+            f"metric {sweep.metric!r} with scheduler 'asha': knob settings are scored only at a trial's end, ASHA "
+            f"compares trials at every evaluation: use the plain {base_metric(sweep.metric)!r} or scheduler 'fifo'"
+        )
     if is_knob_key(sweep.metric):
         setting = sweep.metric.split(" ", 1)[1]
         known = [BEST, *(knob_text(c) for c in combos)] if sweep.knobs else []
