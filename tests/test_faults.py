@@ -25,7 +25,7 @@ def _one_trial_sweep():
     from sweeps.kanji_rank import SWEEP
 
     space = {"lora_rank": tune.grid_search([4]), "lora_alpha": 4.0, "checkpoint_every": 5}
-    return replace(SWEEP, name="faults", search_space=space)
+    return replace(SWEEP, name="faults", search_space=space, knobs={})  # knobs: not what these tests are about
 
 
 # where the first checkpoint of a trial lands and which processes train it: the Tune trial itself (one
@@ -118,7 +118,7 @@ def resume_sweep():
     from sweeps.kanji_rank import SWEEP
 
     space = {"lora_rank": tune.grid_search([1, 2, 4]), "lora_alpha": 4.0, "checkpoint_every": 5}
-    return replace(SWEEP, name="resume", search_space=space)
+    return replace(SWEEP, name="resume", search_space=space, knobs={})  # knobs: not what these tests are about
 
 
 def _resume_args(tmp_path):

@@ -131,7 +131,7 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     state = torch.load(encoded, weights_only=True)
     state["latent_mean"] = state["latent_mean"] * float("nan")
     torch.save(state, encoded)
-    sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])})
+    sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])}, knobs={})
 
     # the same model path as the first sweep, so the copied encoding is found by its key and reused
     model = str(cache / "models" / "tiny-sd")
@@ -173,6 +173,7 @@ def test_optuna_search_with_asha_stops_and_records(kanji_rank_run, cache, tmp_pa
         search_alg="optuna",
         scheduler="asha",
         metric="eval/clip_t",
+        knobs={},  # the kanji sweep's own knob grid is checked by the records test
     )
     code = launch(sweep, [*_args(tmp_path, cache), "--num-samples", "4", "--max-concurrent-trials", "2"])
 
