@@ -61,7 +61,8 @@ def _tensor(images) -> torch.Tensor:
 
 
 def build_learned_tiny_sd(out_dir: Path, glyph_dir: Path, seed: int = 0, vae_steps: int = VAE_STEPS,
-                          unet_steps: int = UNET_STEPS, progress: bool = True) -> Path:  # fmt: skip
+                          unet_steps: int = UNET_STEPS, glyph_chars: int = 400, n_shapes: int = 400,
+                          progress: bool = True) -> Path:  # fmt: skip
     """Build (or reuse) the learned tiny pipeline in ``out_dir``; ``glyph_dir`` caches the rendered glyphs the
     VAE learns from. Deterministic for a seed."""
     import torch.nn.functional as F
@@ -82,9 +83,9 @@ def build_learned_tiny_sd(out_dir: Path, glyph_dir: Path, seed: int = 0, vae_ste
 
     def write(tmp: Path) -> None:
         started = time.perf_counter()
-        glyph_root = build_dataset(Path(glyph_dir), size=64, max_chars=400, progress=False)
+        glyph_root = build_dataset(Path(glyph_dir), size=64, max_chars=glyph_chars, progress=False)
         glyphs = _tensor([load_image(glyph_root, r) for r in load_records(glyph_root)])
-        shapes = shape_images(400, seed)
+        shapes = shape_images(n_shapes, seed)
         shape_pixels = _tensor([image for image, _ in shapes])
         generator = torch.Generator().manual_seed(seed)
 
