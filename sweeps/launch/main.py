@@ -278,11 +278,15 @@ def _log_best(tracking_uri: str, run_id: str | None) -> None:
     if not run_id:
         return
     client = MlflowClient(tracking_uri)
-    for kind in ("adapter", "embeddings", "model"):
-        if client.list_artifacts(run_id, kind):
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifacts(client.download_artifacts(run_id, kind, tmp), artifact_path="best")
-            return
+    try:
+        for kind in ("adapter", "embeddings", "model"):
+            if client.list_artifacts(run_id, kind):
+                with tempfile.TemporaryDirectory() as tmp:
+                    mlflow.log_artifacts(client.download_artifacts(run_id, kind, tmp), artifact_path="best")
+                return
+    except Exception as err:  # a convenience copy: the winner's own run still holds the files
+        print(f"[sdsweep] note: could not copy the best trial's files to the sweep's run ({err}); they are in "
+              f"its own run {run_id}")  # fmt: skip
 
 
 def _best_files(tracking_uri: str, run_id: str | None, results, parent_run_id: str) -> str:
