@@ -36,3 +36,22 @@ def test_trial_lines(capsys, tmp_path):
     assert lines[4] == "[sdsweep] trial 3 of 3 started: rank=8"
     assert lines[5] == "[sdsweep] trial 3 of 3 failed: rank=8: TrialError: train/loss became nan at step 3"
     assert len(lines) == 6
+
+
+def test_the_closing_summary_is_sorted_like_the_report_and_shows_plain_scores(capsys):
+    from types import SimpleNamespace
+
+    from sweeps.kanji_rank import SWEEP
+    from sweeps.launch.parent_run import print_summary
+
+    def result(rank, iou, error=None):
+        metrics = {"eval/glyph_iou": iou, "eval/glyph_iou scale:0.5 cfg:3": iou / 2, "eval/glyph_iou best knob": iou}
+        return SimpleNamespace(config={"trial": {"method": "lora", "lora_rank": rank}}, metrics=metrics,
+                               error=error, path=f"/t/{rank}")  # fmt: skip
+
+    baseline = {"eval/glyph_iou": 0.1, "eval/glyph_iou scale:0.5 cfg:3": 0.05, "eval/clip_t": 0.2}
+    print_summary(SWEEP, [result(16, 0.3), result(2, 0.2), result(4, 0.0, RuntimeError("boom"))], baseline)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split() == ["trial", "glyph_iou", "clip_t"]  # no knob columns: they are the report's
+    assert [line.split()[0] for line in lines[2:]] == ["baseline", "rank=2", "rank=4", "rank=16"]  # by rank
+    assert "FAILED: boom" in lines[4]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from eval.evaluate import evaluate
@@ -20,16 +18,16 @@ from trainables.common.tracking import (
     log_metrics,
     log_params,
     log_samples,
+    outbox_root,
 )
 from trainables.models import load_pipeline
 
 
 def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
     """Sample and score the base model into a child run named ``baseline``; returns its ``eval/*``."""
-    import tempfile
 
     # a Ray task's working directory is not the user's: writes wait in the temp folder if MLflow is down
-    with child_run(ctx, run_name="baseline", kind="baseline", folder=Path(tempfile.gettempdir()) / "sdsweep"):
+    with child_run(ctx, run_name="baseline", kind="baseline", folder=outbox_root()):
         log_params({"method": "none", "model": ctx.model, **eval_params(ctx)})
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # the trials' precision, so an adapter that changes nothing scores exactly as the baseline

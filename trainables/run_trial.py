@@ -22,6 +22,7 @@ from trainables.common.tracking import (
     find_trial_run,
     last_logged_step,
     log_params,
+    outbox_root,
     trial_dir,
 )
 from trainables.registry import METHODS, parse_trial_config, trial_settings
@@ -69,7 +70,7 @@ def _run(config: dict, ctx: TrialContext, out_dir: Path, trial_name: str, trial_
         if not is_main():
             raise
         # a point no check saw before the sweep (an Optuna draw): the failure is recorded like any other
-        with child_run(ctx, run_name=f"invalid-{suffix}", kind="trial", tags=tags, folder=out_dir):
+        with child_run(ctx, run_name=f"invalid-{suffix}", kind="trial", tags=tags, folder=outbox_root()):
             log_params({k: str(v)[:500] for k, v in settings.items()})
             raise
     method = METHODS[trial.method]
@@ -85,7 +86,8 @@ def _run(config: dict, ctx: TrialContext, out_dir: Path, trial_name: str, trial_
     if ctx.workers_per_trial > 1:
         params["workers_per_trial"] = ctx.workers_per_trial
     params.update(eval_params(ctx))
-    with child_run(ctx, run_name=f"{method.run_name(trial.spec)}-{suffix}", kind="trial", tags=tags, folder=out_dir):
+    with child_run(ctx, run_name=f"{method.run_name(trial.spec)}-{suffix}", kind="trial", tags=tags,
+                   folder=outbox_root()):  # fmt: skip
         log_params(params)
         method.train(trial, ctx, out_dir)
 

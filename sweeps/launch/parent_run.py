@@ -143,7 +143,8 @@ def varied_keys(configs: list[dict[str, Any]]) -> list[str]:
 def print_summary(sweep: Sweep, results, baseline: dict[str, float]) -> None:
     from trainables.registry import trial_settings
 
-    keys = [sweep.metric] + sorted(k for k in baseline if k != sweep.metric)
+    # plain scores only: each inference setting's (eval.knobs) are in the report's own table
+    keys = [sweep.metric] + sorted(k for k in baseline if k != sweep.metric and " " not in k)
     settings = [trial_settings(r.config or {}) for r in results]
     varied = varied_keys(settings)
     with_method = len({s.get("method") for s in settings}) > 1

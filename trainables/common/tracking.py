@@ -91,6 +91,15 @@ def retry_transient(call, what: str, timeout_s: float = START_TIMEOUT_S):
             backoff = min(30.0, backoff * 2)
 
 
+def outbox_root() -> Path:
+    """Where trials spool their MLflow writes: a folder on the trial's node, outside the trial folder Ray Tune
+    copies to storage while the outbox adds and removes files in it ($SDSWEEP_OUTBOX_DIR, else the temp dir).
+    A restarted trial on the same node finds its undelivered writes there by run id."""
+    import tempfile
+
+    return Path(os.environ.get("SDSWEEP_OUTBOX_DIR") or tempfile.gettempdir()) / "sdsweep"
+
+
 @contextlib.contextmanager
 def child_run(ctx: TrialContext, run_name: str, kind: str, tags: dict[str, str] | None = None,
               folder: Path | None = None) -> Iterator[Any]:  # fmt: skip
