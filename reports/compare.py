@@ -327,8 +327,9 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         with_method = len({r.params.get("method") for r in rows if r.kind == "trial"}) > 1
         for r in rows:
             r.label = "no fine-tune" if r.kind == "baseline" else trial_label(r.params, params, with_method)
-        pictures = _draw_grids(rows, references, metric, mode, out_dir)
-        html_images = {r.run_id: dict(r.images) for r in rows}
+        prompts = figures.prompt_rows(rows, references)
+        columns, note = figures.grid_columns(rows, metric, mode)
+        pictures = _draw_grids(prompts, columns, note, references, metric, out_dir)
         pictures += _draw_plots(rows, params, metric, mode, out_dir)
         pictures += _knob_section(client, rows, metric, mode, Path(tmp) / "knobs", out_dir)
         verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
@@ -336,11 +337,9 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         (out_dir / "report.md").write_text(markdown, encoding="utf-8")
         from reports.html import render_html
 
-        prompts = figures.prompt_rows(rows, references)
-        columns, note = figures.grid_columns(rows, metric, mode)
         (out_dir / "report.html").write_text(
             render_html(rows, title, parent, metric, verdict, params, prompts, references, columns, note,
-                        [p for p in pictures if not p.file.startswith("grid")], out_dir, html_images, ui_url),
+                        [p for p in pictures if not p.file.startswith("grid")], out_dir, ui_url),
             encoding="utf-8",
         )  # fmt: skip
     delta = verdict.delta
@@ -390,10 +389,8 @@ def _short(text: str) -> str:
     return text if number is None or not math.isfinite(number) else f"{number:.4g}"
 
 
-def _draw_grids(rows: list[ReportRow], references: dict[str, Path], metric: str, mode: str,
+def _draw_grids(prompts, columns: list[ReportRow], note: str, references: dict[str, Path], metric: str,
                 out_dir: Path) -> list[Picture]:  # fmt: skip
-    prompts = figures.prompt_rows(rows, references)
-    columns, note = figures.grid_columns(rows, metric, mode)
     pictures = []
     for group, members in figures.grouped(prompts):
         file = f"grid_{group}.png" if group else "grid.png"

@@ -80,9 +80,9 @@ def _e(text) -> str:
 
 
 def render_html(rows, title: str, parent, metric: str, verdict, params: list[str], prompts, references: dict,
-                columns, note: str, plots, out_dir: Path, images: dict, ui_url: str) -> str:  # fmt: skip
-    """The whole page. ``rows`` in the table's order, ``columns`` the rows shown in the grids, ``plots``
-    pictures already drawn in ``out_dir``, ``images`` run id -> prompt stem -> local file."""
+                columns, note: str, plots, out_dir: Path, ui_url: str) -> str:  # fmt: skip
+    """The whole page. ``rows`` in the table's order, ``columns`` the rows shown in the grids (their
+    ``images``: prompt stem -> local file), ``plots`` pictures already drawn in ``out_dir``."""
     from reports import figures
     from reports.compare import table
 
@@ -137,7 +137,7 @@ def render_html(rows, title: str, parent, metric: str, verdict, params: list[str
             f'<p class="note">Prompts as rows, the baseline and the trials as columns (labelled with their '
             f"swept settings); under each image its {_e(metric.removeprefix('eval/'))}. {_e(note)}</p>"
         )
-        out.append(_grid(members, references, columns, images, metric))
+        out.append(_grid(members, references, columns, metric))
     for picture in plots:
         out += [f"<h2>{_e(picture.title)}</h2>", f'<p class="note">{_e(picture.caption)}</p>']
         if picture.table:
@@ -163,7 +163,7 @@ def render_html(rows, title: str, parent, metric: str, verdict, params: list[str
     return "\n".join(out)
 
 
-def _grid(prompts, references: dict, columns, images: dict, metric: str) -> str:
+def _grid(prompts, references: dict, columns, metric: str) -> str:
     with_ref = any(p.stem in references for p in prompts)
     out = ['<table class="grid"><thead><tr><th class="prompt">prompt</th>']
     if with_ref:
@@ -180,7 +180,7 @@ def _grid(prompts, references: dict, columns, images: dict, metric: str) -> str:
             out.append(f'<td><img alt="reference" src="{data_uri(ref)}"></td>' if ref else "<td></td>")
         index = int(p.stem[:2]) if p.stem[:2].isdigit() else None
         for c in columns:
-            path = images.get(c.run_id, {}).get(p.stem)
+            path = c.images.get(p.stem)
             if path is None:
                 out.append("<td></td>")
                 continue
