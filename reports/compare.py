@@ -28,6 +28,7 @@ from reports import figures
 EVAL_COLUMNS = tuple(name for name in METRICS if name.startswith("eval/"))
 # params every run carries that are not worth a column unless they vary
 _HIDDEN_PARAMS = {"model"}
+TIME_PARTS = ("setup", "train", "eval", "save")  # time/<part>_s, as trainables.common.loop.time_split logs them
 
 
 @dataclass
@@ -137,8 +138,8 @@ def describe_source(params: dict[str, str]) -> str:
     """Which preset, model and scorers produced the numbers (from the parent run's params)."""
     preset, model, scorers = params.get("preset", "?"), params.get("model", "?"), params.get("scorers", "?")
     text = f"Numbers from preset {preset}, model {model}, scorers {scorers}."
-    if preset == "tiny":
-        text += " The tiny preset's models and scorers have random weights: its scores test the machinery, not quality."
+    if params.get("preset_note"):  # what the preset's numbers can and cannot say (sweeps.launch.spec)
+        text += " " + params["preset_note"]
     return text
 
 
@@ -316,7 +317,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in (*out_dir.glob("grid*.png"), *(out_dir / f for f in ("params.png", "curves.png", "pareto.png",
-                                                                    "parallel.png", "metrics.png"))):  # fmt: skip
+                                                                    "parallel.png", "metrics.png", "time.png"))):  # fmt: skip
         old.unlink(missing_ok=True)  # a rebuilt report holds only what this build drew
     with tempfile.TemporaryDirectory() as tmp:
         rows = load_rows(client, parent_run_id, Path(tmp), histories=("train/loss", metric), ui_url=ui_url)
@@ -332,6 +333,7 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
         pictures = _draw_grids(prompts, columns, note, references, metric, out_dir)
         pictures += _draw_plots(rows, params, metric, mode, out_dir)
         pictures += _knob_section(client, rows, metric, mode, Path(tmp) / "knobs", out_dir)
+        pictures += _time_section(rows, parent, out_dir)
         verdict = sweep_verdict(rows, metric, mode, describe_source(parent.data.params))
         markdown = render_markdown(rows, title, parent_run_id, metric, mode, verdict, swept, pictures)
         (out_dir / "report.md").write_text(markdown, encoding="utf-8")
@@ -490,6 +492,47 @@ def _draw_plots(rows: list[ReportRow], params: list[str], metric: str, mode: str
         pictures.append(Picture("Settings to score", f"Each line a finished trial through its settings to {short}.",
                                 "parallel.png"))  # fmt: skip
     return pictures
+
+
+def time_table(rows: list[ReportRow], sweep_s: float | None) -> tuple[list[list[str]], str]:
+    """Where each run's time went (``time/*_s``, logged when it finished): a table (header first) with an
+    all-trials row, and a sentence comparing the trials' training time to the sweep's wall time."""
+    timed = [r for r in rows if "time/total_s" in r.metrics]
+    header = ["run", *(f"{p} (s)" for p in ("set-up", "train", "eval", "save")), "total (s)", "train share"]
+    table = [header]
+
+    def line(name: str, values: list[float]) -> list[str]:
+        total = sum(values)
+        share = f"{values[1] / total:.0%}" if total > 0 else ""
+        return [name, *(f"{v:.1f}" for v in values), f"{total:.1f}", share]
+
+    for r in timed:
+        table.append(line(r.label or r.name, [r.metrics.get(f"time/{p}_s", 0.0) for p in TIME_PARTS]))
+    trials = [r for r in timed if r.kind == "trial"]
+    sums = [sum(r.metrics.get(f"time/{p}_s", 0.0) for r in trials) for p in TIME_PARTS]
+    if len(trials) > 1:
+        table.append(line(f"all {len(trials)} trials", sums))
+    sentence = ""
+    if sweep_s and trials:
+        sentence = (f" The sweep took {sweep_s:.0f} s from its MLflow run's start to this report; its trials "
+                    f"trained for {sums[1]:.0f} s in all ({sums[1] / sweep_s:.0%} of it; trials run side by side, "
+                    "so shares of the sweep can add up to more than 100%).")  # fmt: skip
+    return table, sentence
+
+
+def _time_section(rows: list[ReportRow], parent, out_dir: Path) -> list[Picture]:
+    import time
+
+    if not any("time/total_s" in r.metrics for r in rows):
+        return []
+    end = parent.info.end_time or time.time() * 1000  # a report built by the launcher: the sweep is closing
+    sweep_s = (end - parent.info.start_time) / 1000 if parent.info.start_time else None
+    table, sentence = time_table(rows, sweep_s)
+    drawn = figures.plot_times(rows, out_dir / "time.png")
+    caption = ("Where each run's time went: set-up (process start to the first step: loading models and data), "
+               "training steps, eval (sampling and scoring, the step-0 and inference-setting evals included) and "
+               "save (checkpoints and files)." + sentence)  # fmt: skip
+    return [Picture("Where the time went", caption, "time.png" if drawn else "", table=table)]
 
 
 def _download_references(client, run_id: str, dest: Path) -> dict[str, Path]:

@@ -128,6 +128,8 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def _ascii(text: str) -> str:
     """The default bitmap font has no CJK glyphs: keep ASCII, collapse the rest."""
+    if not text:
+        return ""
     return re.sub(r"\s+", " ", re.sub(r"[^\x20-\x7e]+", " ", text)).strip() or "?"
 
 
@@ -347,3 +349,28 @@ def render_knob_grid(images: dict[str, dict[str, Path]], settings: list[str], pr
                     grid.paste(img.convert("RGB").resize((cell, cell)), (x, y))
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="#cccccc")
     return grid
+
+
+def plot_times(rows, out_file: Path) -> bool:
+    """One horizontal bar per run, split into set-up, training, sampling/scoring and saving (``time/*_s``)."""
+    timed = [r for r in rows if "time/total_s" in r.metrics]
+    if not timed:
+        return False
+    plt = _pyplot()
+    parts = (("time/setup_s", "set-up", "tab:grey"), ("time/train_s", "train", "tab:blue"),
+             ("time/eval_s", "eval", "tab:orange"), ("time/save_s", "save", "tab:green"))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(timed)))
+    names = [(r.label or r.name)[:28] for r in timed]
+    left = [0.0] * len(timed)
+    for key, label, color in parts:
+        widths = [r.metrics.get(key, 0.0) for r in timed]
+        ax.barh(names, widths, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set_xlabel("seconds", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=90)
+    plt.close(fig)
+    return True

@@ -56,8 +56,10 @@ def sweep_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sdsweep-cache")
 
 
-def sweep_args(tmp_path: Path, cache: Path) -> list[str]:
-    return ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
+def sweep_args(tmp_path: Path, cache: Path, preset: str = "smoke") -> list[str]:
+    """A sweep's flags for a test: ``smoke`` (random tiny models, 20 steps) tests the machinery; ``tiny`` (the
+    learned tiny model, 120 steps) is what the README's first command runs."""
+    return ["--preset", preset, "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
             "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
             "--max-chars", "160"]  # fmt: skip
 
@@ -65,10 +67,11 @@ def sweep_args(tmp_path: Path, cache: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def kanji_cluster_run(tmp_path_factory, sweep_cache):
     """The tiny kanji_rank sweep as a user runs it on a cluster: `ray job submit --working-dir .` to a
-    two-node Ray cluster with token auth (tests/_cluster.py). One sweep serves test_cluster (placement, the
-    job path, a refused request) and test_sweep_e2e (records, report, verdict). Returns (ClusterRun, folder)."""
+    two-node Ray cluster with token auth (tests/_cluster.py), on the tiny preset (the learned tiny model,
+    built in the job, and 120 steps per trial). One sweep serves test_cluster (placement, the job path, a
+    refused request) and test_sweep_e2e (records, report, verdict, learning). Returns (ClusterRun, folder)."""
     from _cluster import run_kanji_on_two_nodes
 
     tmp = tmp_path_factory.mktemp("kanji-rank")
     refused = [*sweep_args(tmp / "refused", sweep_cache), "--cpus-per-trial", "2"]
-    return run_kanji_on_two_nodes(sweep_args(tmp, sweep_cache), refused), tmp
+    return run_kanji_on_two_nodes(sweep_args(tmp, sweep_cache, "tiny"), refused), tmp

@@ -7,7 +7,7 @@ from sweeps.launch.expand import expand_trials, validate_trials
 from trainables.registry import parse_trial_config
 
 
-def _expand(sweep, preset="tiny"):
+def _expand(sweep, preset="smoke"):
     return expand_trials(sweep, parse_args(["--preset", preset], sweep))
 
 
@@ -156,7 +156,7 @@ def test_repeating_an_all_fixed_grid_is_refused(capsys):
     from sweeps.kanji_rank import SWEEP
     from sweeps.launch import launch
 
-    assert launch(SWEEP, ["--preset", "tiny", "--num-samples", "3"]) == 2
+    assert launch(SWEEP, ["--preset", "smoke", "--num-samples", "3"]) == 2
     assert "--num-samples 3 would repeat identical trials" in capsys.readouterr().err
 
 
@@ -193,7 +193,7 @@ def test_unreachable_mlflow_server_is_one_line(capsys):
     from sweeps.kanji_rank import SWEEP
     from sweeps.launch import launch
 
-    code = launch(SWEEP, ["--preset", "tiny", "--mlflow-uri", "http://127.0.0.1:9", "--max-chars", "50"])
+    code = launch(SWEEP, ["--preset", "smoke", "--mlflow-uri", "http://127.0.0.1:9", "--max-chars", "50"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot reach MLflow at http://127.0.0.1:9") and "\n" not in err
@@ -206,7 +206,7 @@ def test_a_file_where_a_folder_belongs_is_one_line_before_anything_starts(flag, 
 
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
-    assert launch(SWEEP, ["--preset", "tiny", flag, str(a_file), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert launch(SWEEP, ["--preset", "smoke", flag, str(a_file), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {flag} {a_file} is a file, not a folder: pass a folder (it is created if missing)"]
     assert not (tmp_path / "m.db").exists()  # stopped before MLflow was touched

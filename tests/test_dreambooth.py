@@ -132,7 +132,7 @@ def test_class_images_are_generated_once_and_shared(tiny_sd, subject, class_cach
         parse_trial_config({"method": "dreambooth_lora", "with_prior_preservation": True, "lora_rank": 8}),
         parse_trial_config({"method": "dreambooth"}),
     ]
-    assert _class_set_requests(trials, PRESETS["tiny"]) == [(None, 8)]
+    assert _class_set_requests(trials, PRESETS["smoke"]) == [(None, 8)]
 
     # the set of the fixture is on disk, and a later sweep reuses it without loading the model
     (folder,) = (class_cache / "class_images").iterdir()

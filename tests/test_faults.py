@@ -64,7 +64,7 @@ def _killed_and_restarted(tmp_path: Path, workers: int, cache: Path):
                                daemon=True)  # fmt: skip
     watcher.start()
     try:
-        code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "20", "--max-chars", "160",
+        code = launch(_one_trial_sweep(), ["--preset", "smoke", "--max-steps", "20", "--max-chars", "160",
                                            "--cache-dir", str(cache), "--storage-path", str(storage),
                                            "--mlflow-uri", uri, "--report-dir", str(tmp_path / "reports"),
                                            "--workers-per-trial", str(workers)])  # fmt: skip
@@ -122,7 +122,7 @@ def resume_sweep():
 
 
 def _resume_args(tmp_path):
-    return ["--preset", "tiny", "--max-chars", "160", "--cache-dir", str(tmp_path / "cache"), "--storage-path",
+    return ["--preset", "smoke", "--max-chars", "160", "--cache-dir", str(tmp_path / "cache"), "--storage-path",
             str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir",
             str(tmp_path / "reports")]  # fmt: skip
 
@@ -234,7 +234,7 @@ def test_an_mlflow_server_restart_mid_trial_loses_nothing(tmp_path):
     watcher = threading.Thread(target=restart_server_after_first_loss, daemon=True)
     watcher.start()
     try:
-        code = launch(_one_trial_sweep(), ["--preset", "tiny", "--max-steps", "60", "--max-chars", "160",
+        code = launch(_one_trial_sweep(), ["--preset", "smoke", "--max-steps", "60", "--max-chars", "160",
                                            "--cache-dir", str(tmp_path / "cache"), "--storage-path",
                                            str(tmp_path / "ray"), "--mlflow-uri", uri, "--report-dir",
                                            str(tmp_path / "reports")])  # fmt: skip

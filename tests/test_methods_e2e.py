@@ -17,7 +17,7 @@ def _launch(sweep_module, tmp_path, cache):
 
     sweep = importlib.import_module(f"sweeps.{sweep_module}").SWEEP
     # --max-steps 10: one eval, at step 10, so the suite stays short
-    args = ["--preset", "tiny", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
+    args = ["--preset", "smoke", "--cache-dir", str(cache), "--storage-path", str(tmp_path / "ray"),
             "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report-dir", str(tmp_path / "reports"),
             "--max-steps", "10"]  # fmt: skip
     code = launch(sweep, args)

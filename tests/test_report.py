@@ -8,6 +8,7 @@ import mlflow
 from PIL import Image
 
 from reports.compare import build_report
+from sweeps.launch.spec import PRESETS
 
 PROMPTS = [{"name": "heldout/七 seven", "text": 'kanji meaning "seven"', "seed": 0},
            {"name": "novel/internet", "text": 'kanji meaning "internet"', "seed": 1}]  # fmt: skip
@@ -20,8 +21,9 @@ def _store(tmp_path, name="kanji_rank", params=None):
     experiment = mlflow.create_experiment(name, artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment, run_name="sweep", tags={"sdsweep.sweep": name}) as parent:
         mlflow.log_image(Image.new("RGB", (64, 64), "white"), artifact_file=f"references/{STEMS[0]}.png")
-        mlflow.log_params(params or {"preset": "tiny", "model": "/cache/tiny-sd", "metric": "eval/glyph_iou",
-                                     "scorers": "CLIP tiny-clip-64, DINO tiny", "mode": "max"})  # fmt: skip
+        mlflow.log_params(params or {"preset": "smoke", "model": "/cache/tiny-sd", "metric": "eval/glyph_iou",
+                                     "scorers": "CLIP tiny-clip-64, DINO tiny", "mode": "max",
+                                     "preset_note": PRESETS["smoke"].caveat})  # fmt: skip
     return uri, experiment, parent.info.run_id
 
 
@@ -83,8 +85,8 @@ def test_report_rows_best_marks_and_grid(tmp_path):
         "(no fine-tune) 0.1000: difference +0.3000 (95% CI +0.2500 to +0.3500 over 2 prompts)."
     ) in verdict
     assert "It beats the baseline" in verdict
-    assert "preset tiny, model /cache/tiny-sd, scorers CLIP tiny-clip-64, DINO tiny" in verdict
-    assert "random weights" in verdict
+    assert "preset smoke, model /cache/tiny-sd, scorers CLIP tiny-clip-64, DINO tiny" in verdict
+    assert "random weights" in verdict  # the preset's own caveat, logged with the parent run
     # `python -m reports <experiment name>` rebuilds the same report from MLflow alone
     from reports.compare import main as reports_main
 
@@ -274,3 +276,22 @@ def test_the_inference_settings_table_and_the_winners_grid(tmp_path):
     assert [grid.getpixel((200 + 128 * k + 64, 30 + 64)) for k in range(4)] == [(60 * k, 0, 0) for k in range(4)]
     page = (tmp_path / "out" / "report.html").read_text()
     assert '<table class="sortable knobs">' in page and '<td class="best" data-v="0.3500">0.3500</td>' in page
+
+
+def test_the_time_table_splits_each_run_and_sums_the_trials():
+    from reports.compare import ReportRow, time_table
+
+    def row(name, kind, setup, train, evaluation, save):
+        parts = {"time/setup_s": setup, "time/train_s": train, "time/eval_s": evaluation, "time/save_s": save}
+        return ReportRow("id-" + name, name, kind, "FINISHED", {}, {**parts, "time/total_s": sum(parts.values())},
+                         label="no fine-tune" if kind == "baseline" else name)  # fmt: skip
+
+    rows = [row("baseline", "baseline", 3.0, 0.0, 1.0, 0.5), row("r1", "trial", 5.0, 10.0, 4.0, 1.0),
+            row("r4", "trial", 5.0, 20.0, 4.0, 1.0), ReportRow("x", "failed", "trial", "FAILED", {}, {})]  # fmt: skip
+    table, sentence = time_table(rows, sweep_s=100.0)
+    assert table[0] == ["run", "set-up (s)", "train (s)", "eval (s)", "save (s)", "total (s)", "train share"]
+    assert table[1] == ["no fine-tune", "3.0", "0.0", "1.0", "0.5", "4.5", "0%"]
+    assert table[2] == ["r1", "5.0", "10.0", "4.0", "1.0", "20.0", "50%"]
+    assert table[-1] == ["all 2 trials", "10.0", "30.0", "8.0", "2.0", "50.0", "60%"]
+    assert len(table) == 5  # a run without times (failed before its end) has no row
+    assert "The sweep took 100 s" in sentence and "trained for 30 s in all (30% of it" in sentence

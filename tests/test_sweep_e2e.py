@@ -68,6 +68,17 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
                               "eval/glyph_iou"}  # fmt: skip
         assert all(math.isfinite(v) for v in evals.values())
         assert len(client.list_artifacts(run.info.run_id, "samples/final")) == 4 + 3  # held-out + novel prompts
+    # the tiny preset's model learns: every rank moves glyph purity well past the untrained model's (a
+    # fine-tune that silently does nothing fails here)
+    base_purity = baselines[0].data.metrics["eval/glyph_purity"]
+    purity = {int(r.data.params["lora_rank"]): r.data.metrics["eval/glyph_purity"] for r in trials}
+    assert min(purity.values()) >= base_purity + 0.05, (base_purity, purity)
+    # where each trial's time went: the parts add up, training is train/time_s, every part took time
+    for run in trials:
+        m = run.data.metrics
+        parts = [m[f"time/{p}_s"] for p in ("setup", "train", "eval", "save")]
+        assert sum(parts) == pytest.approx(m["time/total_s"]) and min(parts) > 0
+        assert m["time/train_s"] == pytest.approx(m["train/time_s"], rel=0.05)
     # adapters differ by rank: the rank-64 file is the largest
     sizes = {int(r.data.params["lora_rank"]): r.data.metrics["adapter/size_mb"] for r in trials}
     assert sizes[64] > sizes[16] > sizes[1]
@@ -76,7 +87,8 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     rows = json.loads((tmp_path / "reports" / "kanji_rank" / "rows.json").read_text())
     assert len(rows) == 6 and rows[0]["kind"] == "baseline"
     assert [r["label"] for r in rows] == ["no fine-tune", *(f"rank={r} alpha={r}" for r in (1, 4, 8, 16, 64))]
-    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png", "knobs.png"}
+    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png", "knobs.png",
+                "time.png"}
     assert all((tmp_path / "reports" / "kanji_rank" / p).exists() for p in pictures)
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/rows.json", *(f"report/{p}" for p in pictures)} <= logged
@@ -101,7 +113,7 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     assert open(mine, "rb").read() == open(copy, "rb").read()
     verdicts = ("beats the baseline", "no trial beats the baseline beyond the spread")
     assert parent.data.tags["sdsweep.verdict"] in verdicts
-    assert any("random weights" in line for line in verdict["lines"])
+    assert any("glyph purity and IoU show whether a fine-tune changed it" in line for line in verdict["lines"])
     # the table: swept settings only (not derived ones like trainable_params), the selection metric first
     report = (tmp_path / "reports" / "kanji_rank" / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| run |"))

@@ -26,9 +26,9 @@ def test_sweep_expands_to_valid_trials(name, preset, tmp_path):
 
     sweep = importlib.import_module(f"sweeps.{name}").SWEEP
     flags = ["--preset", preset]
-    if preset != "tiny" and sweep.data.kind == "subject":  # real runs need the user's photos
+    if preset == "sd15" and sweep.data.kind == "subject":  # real runs need the user's photos
         flags += ["--data-dir", str(write_subject_set(tmp_path / "toy")), "--class-noun", "toy"]
-    if preset != "tiny" and sweep.data.kind == "captioned":
+    if preset == "sd15" and sweep.data.kind == "captioned":
         flags += ["--data-dir", str(write_style_set(tmp_path / "style")), "--trigger-word", "sdswstyle"]
     args = parse_args(flags, sweep)
     sweep = with_preset(sweep, PRESETS[preset], args)
@@ -40,7 +40,7 @@ def test_sweep_expands_to_valid_trials(name, preset, tmp_path):
 def test_kanji_rank_grid_sets_alpha_per_trial():
     from sweeps.kanji_rank import SWEEP
 
-    args = parse_args(["--preset", "tiny", "--max-steps", "7"], SWEEP)
+    args = parse_args(["--preset", "smoke", "--max-steps", "7"], SWEEP)
     trials = validate_trials(SWEEP, expand_trials(SWEEP, args))
     assert [t.spec.lora_rank for t in trials] == [1, 4, 8, 16, 64]
     assert [t.spec.lora_alpha for t in trials] == [1.0, 4.0, 8.0, 16.0, 64.0]
@@ -53,8 +53,8 @@ def _arms_error(data, *arms):
     from sweeps.launch import Sweep, SweepError
 
     sweep = Sweep("combo", data, {"seed": 0}, arms=arms)
-    args = parse_args(["--preset", "tiny"], sweep)
-    sweep = with_preset(sweep, PRESETS["tiny"], args)
+    args = parse_args(["--preset", "smoke"], sweep)
+    sweep = with_preset(sweep, PRESETS["smoke"], args)
     with pytest.raises(SweepError) as err:
         validate_trials(sweep, expand_trials(sweep, args))
     return str(err.value)
@@ -95,8 +95,8 @@ def test_subject_photos_without_a_class_noun_are_refused_before_trials(tmp_path)
 def test_method_arms_expand_in_order_with_each_methods_preset_rate(tmp_path):
     from sweeps.dreambooth_methods import SWEEP
 
-    args = parse_args(["--preset", "tiny"], SWEEP)
-    sweep = with_preset(SWEEP, PRESETS["tiny"], args)
+    args = parse_args(["--preset", "smoke"], SWEEP)
+    sweep = with_preset(SWEEP, PRESETS["smoke"], args)
     trials = validate_trials(sweep, expand_trials(sweep, args))
     assert [(t.method, getattr(t.spec, "with_prior_preservation", None)) for t in trials] == [
         ("lora", None), ("dreambooth", False), ("dreambooth", True), ("dreambooth_lora", True),
@@ -122,7 +122,7 @@ def test_a_swept_setting_the_tiny_preset_forces_is_kept():
     from trainables.data.kanji import KanjiData
 
     sweep = Sweep("steps", KanjiData(), {"method": "lora"}, {"max_steps": tune.grid_search([5, 9])})
-    trials = validate_trials(sweep, expand_trials(sweep, parse_args(["--preset", "tiny"], sweep)))
+    trials = validate_trials(sweep, expand_trials(sweep, parse_args(["--preset", "smoke"], sweep)))
     assert [t.train.max_steps for t in trials] == [5, 9]
 
 
@@ -157,7 +157,7 @@ def test_bad_knobs_are_refused_before_anything_starts(tmp_path, capsys, change, 
     from sweeps.kanji_rank import SWEEP
     from sweeps.launch import launch
 
-    code = launch(replace(SWEEP, **change), ["--preset", "tiny", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
+    code = launch(replace(SWEEP, **change), ["--preset", "smoke", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
                                               "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err

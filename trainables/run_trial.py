@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trainables.common.config import TrialError
 from trainables.common.distributed import is_main
+from trainables.common.loop import mark_trial_start
 from trainables.common.quiet import quiet_libraries
 from trainables.common.tracking import (
     TrialContext,
@@ -35,6 +36,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     A trial Tune restarts (its worker died, or the sweep is resumed) continues in the MLflow run of its
     earlier attempt, from its last checkpoint; one that failed on a bad value or a NaN fails again at once.
     """
+    mark_trial_start()
     quiet_libraries()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     out_dir, trial_name, trial_id = trial_dir(default_name="local")
@@ -143,6 +145,7 @@ def _train_worker(loop_config: dict) -> None:
     from trainables.common.session import use_ray_train
 
     use_ray_train()
+    mark_trial_start()
     quiet_libraries()
     logging.getLogger().setLevel(logging.WARNING)  # Train sets the root logger to DEBUG; open_clip logs at INFO
     c = loop_config

@@ -97,7 +97,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
 
-    # 2. models: the tiny preset builds its random models from config, once, into the cache
+    # 2. models: the tiny presets build their models from config, once, into the cache
     model, scorers = _models(args, preset, cache_dir)
 
     import mlflow
@@ -146,6 +146,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace) -> int:
                     "num_trials": n_trials, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
                     "workers_per_trial": workers, "scorers": scorers.text(),
                     **({"knobs": json.dumps(sweep.knobs)} if sweep.knobs else {}),
+                    **({"preset_note": preset.caveat} if preset.caveat and not args.model else {}),
                 }
             )  # fmt: skip
             mlflow.log_dict(
@@ -373,6 +374,10 @@ def _models(args, preset: Preset, cache_dir: Path) -> tuple[str, ScorerSpec]:
         model = args.model
         if Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())
+    elif preset.model is None and preset.tiny_model == "learned":
+        from trainables.tiny_learned import build_learned_tiny_sd
+
+        model = str(build_learned_tiny_sd(tiny_dir / "tiny-sd-learned", cache_dir / "generated" / "tiny-glyphs"))
     elif preset.model is None:
         model = str(build_tiny_sd(tiny_dir / "tiny-sd"))
     else:

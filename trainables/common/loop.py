@@ -41,6 +41,14 @@ from trainables.common.tracking import (
 )
 
 
+_TRIAL_START: list[float] = []  # when this process's current trial began (run_trial), for time/setup_s
+
+
+def mark_trial_start() -> None:
+    """The trial's clock starts: its set-up time runs from here to its first training step."""
+    _TRIAL_START[:] = [time.perf_counter()]
+
+
 def device_and_dtype(args: TrainArgs) -> tuple[str, torch.dtype]:
     """The trial's device and the dtype its frozen weights run in; half precision needs a GPU."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -203,10 +211,16 @@ class TrialRecorder:
         self.knobs, self.lora_models = knobs or {}, lora_models
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
-        self.started = time.perf_counter()
+        self.started = self.created = time.perf_counter()
+        # where the trial's time goes (time/*_s in MLflow, the report's time table): set-up (process start
+        # to the first step: models, data, the step-0 eval excluded), sampling and scoring, checkpoints and
+        # files; training time is train/time_s. Summed over a restarted trial's attempts.
+        self.times = {"setup": 0.0, "eval": 0.0, "save": 0.0}
+        self.train_s = 0.0
         self.metrics: dict[str, float] = {}
         self.tracked: dict[str, Any] | None = None
         self.logged_through = 0  # the last step the MLflow run already holds
+        self._start_eval_s = 0.0
 
     def track(self, trained: Trained, stepper: Stepper, generators: dict[str, torch.Generator],
               cursors: dict[str, Any]) -> int:  # fmt: skip
@@ -223,13 +237,23 @@ class TrialRecorder:
             if folder is None:
                 _same_on_every_worker(trained)
                 self._eval_at_start()
+                self._setup_done()
+                self.started = time.perf_counter()
                 return 1
             step, extra = load_state(folder, **self.tracked)
         set_tags({"sdsweep.restored_from_step": str(step)})  # the run says where this attempt took over
         self.sums, self.count = extra["window"], extra["count"]
-        self.started = time.perf_counter() - extra["train_time_s"]
         self.metrics = extra["metrics"]
+        self.times = dict(extra.get("times", self.times))
+        self._setup_done()
+        self.started = time.perf_counter() - extra["train_time_s"]
         return step + 1
+
+    def _setup_done(self) -> None:
+        """Add this attempt's set-up (from the trial's start, or this recorder's creation for a direct call)
+        to ``times``; the step-0 eval is eval time, not set-up."""
+        start = _TRIAL_START[0] if _TRIAL_START else self.created
+        self.times["setup"] += max(0.0, time.perf_counter() - max(start, 0.0) - self._start_eval_s)
 
     def after_step(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], lr: float) -> None:
         for key, value in {"train/loss": loss, **terms}.items():  # no .item() here: no sync per step
@@ -246,6 +270,7 @@ class TrialRecorder:
             sums = mean_over_workers(self.sums)  # the whole batch's loss, not one worker's rows
             metrics.update({key: float(total) / self.count for key, total in sums.items()})
             metrics.update({"train/lr": lr, "train/time_s": time.perf_counter() - self.started})
+            self.train_s = metrics["train/time_s"]
             self.sums, self.count = {}, 0
         if not is_checkpoint:
             self._log(metrics, step)
@@ -255,6 +280,7 @@ class TrialRecorder:
             report(metrics)
             return
         eval_started = time.perf_counter()
+        sampled = 0.0  # seconds of this block spent sampling and scoring; the rest is saving and logging
         if is_eval:
             scores, images, items = self.evaluate()
             metrics.update(scores)
@@ -267,6 +293,8 @@ class TrialRecorder:
                 if step > self.logged_through:
                     for combo, samples in knob_images.items():
                         log_knob_samples(list(self.eval_set.prompts), samples, combo)
+            sampled = time.perf_counter() - eval_started
+            self.times["eval"] += sampled
         with tempfile.TemporaryDirectory() as checkpoint:  # Tune copies it into the run's storage
             files = self.save(Path(checkpoint))
             if is_eval:
@@ -275,7 +303,9 @@ class TrialRecorder:
                 if (self.log_files_every_eval or final) and step > self.logged_through:
                     log_files(files, self.artifact_path)
                 self.metrics = metrics
-            self.started += time.perf_counter() - eval_started  # train/time_s counts training steps only
+            spent = time.perf_counter() - eval_started
+            self.times["save"] += spent - sampled
+            self.started += spent  # train/time_s counts training steps only
             self._save_state(Path(checkpoint), step)
             self._log(metrics, step)
             drain_writes()  # a scheduler may stop the trial inside report: its records arrive first
@@ -294,7 +324,8 @@ class TrialRecorder:
         scores, images, _ = self.evaluate()
         log_samples(list(self.eval_set.prompts), images, 0, final=False)
         log_metrics(scores, 0)
-        self.started += time.perf_counter() - started  # train/time_s counts training steps only
+        self._start_eval_s = time.perf_counter() - started
+        self.times["eval"] += self._start_eval_s
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         """Queue one step's metrics for MLflow: the file's size once, at the last step (a value, not a curve)."""
@@ -309,13 +340,14 @@ class TrialRecorder:
         if self.tracked is None:
             return
         extra = {"window": self.sums, "count": self.count, "train_time_s": time.perf_counter() - self.started,
-                 "metrics": self.metrics, "mlflow_run_id": current_run_id()}  # fmt: skip
+                 "metrics": self.metrics, "mlflow_run_id": current_run_id(), "times": dict(self.times)}  # fmt: skip
         save_state(folder, step=step, extra=extra, **self.tracked)
 
     def finish(self, out_dir: Path) -> None:
         """Write the final files into the trial directory; fail the trial if its scores are not finite."""
         if not is_main():
             return
+        started = time.perf_counter()
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # rank 0 may run on another node than the trial
         files = self.save(Path(out_dir))
         if self.export is not None:  # written and logged once, at the end
@@ -325,8 +357,21 @@ class TrialRecorder:
             card = Path(out_dir) / "README.md"
             card.write_text(self.card(self.metrics, [Path(f).name for f in files]), encoding="utf-8")
             log_files([card], self.artifact_path)
+        self.times["save"] += time.perf_counter() - started
+        log_metrics(time_split(self.times, self.train_s), self.args.max_steps)
         if not all(math.isfinite(v) for k, v in self.metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {self.metrics}: check the scorer models")
+
+
+def time_split(times: dict[str, float], train_s: float | None = None) -> dict[str, float]:
+    """``time/<part>_s`` metrics (set-up, train, eval, save) and their sum ``time/total_s``."""
+    parts = {**{k: times.get(k, 0.0) for k in ("setup", "eval", "save")}, "train": train_s or 0.0}
+    out = {f"time/{k}_s": parts[k] for k in TIME_PARTS}
+    out["time/total_s"] = sum(parts.values())
+    return out
+
+
+TIME_PARTS = ("setup", "train", "eval", "save")
 
 
 def _same_on_every_worker(trained: Trained) -> None:
