@@ -71,6 +71,14 @@ def sampling_for(sampling: SamplingConfig, combo: dict[str, float]) -> SamplingC
     return replace(sampling, **changes)
 
 
+def is_plain(combo: dict[str, float], sampling: SamplingConfig) -> bool:
+    """Whether the combination samples exactly as the plain eval does (scales 1, the eval's guidance and
+    steps): its samples and scores are the plain eval's, already made."""
+    return (all(combo.get(k, 1.0) == 1.0 for k in LORA_KNOBS)
+            and float(combo.get("guidance_scale", sampling.guidance_scale)) == float(sampling.guidance_scale)
+            and int(combo.get("steps", sampling.steps)) == int(sampling.steps))  # fmt: skip
+
+
 def effective(combo: dict[str, float], has_lora: bool) -> tuple:
     """The settings that change the samples of a model: scales count only where there are LoRA layers, so a
     full fine-tune or the baseline samples each guidance/steps setting once."""

@@ -109,9 +109,17 @@ class Scorers:
     dino: DinoScorer
 
 
+_LOADED: dict[tuple[ScorerSpec, str], Scorers] = {}  # frozen scorers, shared by the trials of one process
+
+
 def load_scorers(spec: ScorerSpec, device: str = "cpu") -> Scorers:
-    """Load both scorers; raises :class:`ScorerLoadError` with a one-line fix if either is missing."""
-    return Scorers(ClipScorer(spec.clip_model, spec.clip_pretrained, device), DinoScorer(spec.dino_model, device))
+    """Load both scorers, once per process and device (they are frozen and only read); raises
+    :class:`ScorerLoadError` with a one-line fix if either is missing."""
+    key = (spec, device)
+    if key not in _LOADED:
+        _LOADED[key] = Scorers(ClipScorer(spec.clip_model, spec.clip_pretrained, device),
+                               DinoScorer(spec.dino_model, device))  # fmt: skip
+    return _LOADED[key]
 
 
 # ---------------------------------------------------------------- tiny random scorers

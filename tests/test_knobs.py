@@ -74,6 +74,12 @@ def test_evaluate_knobs_scale_zero_is_the_base_model(tiny_sd, tiny_scorers, cont
         assert math.isfinite(metrics[best_key(key)])
     assert list(images[f"scale:0 cfg:{cfg:g}"][0].getdata()) == list(base_images[0].getdata())
     assert list(images["scale:0 cfg:1.5"][0].getdata()) != list(base_images[0].getdata())  # guidance acts
+    # given the plain eval's result, the setting that samples as it does (scale 1, the eval's guidance) is not
+    # sampled again, and its scores are that result's
+    again = _Eval(pipe, context.eval, tiny_scorers, context.sampling)
+    reused, _ = evaluate_knobs(again, {"lora_scale": [0.0, 1.0], "guidance_scale": [cfg, 1.5]}, pipe.unet,
+                               plain=(trained_scores, trained_images, None), sampling=context.sampling)  # fmt: skip
+    assert len(again.calls) == 3 and reused == metrics
     # the trained scaling is back after the grid
     assert all(m.scaling["default"] == 1.0 for m in pipe.unet.modules() if getattr(m, "scaling", None))
 

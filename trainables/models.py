@@ -66,11 +66,24 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
         ) from err
 
 
+# the base pipeline this process loaded, kept on the CPU: a later trial in the same process (Tune reuses trial
+# processes) gets a copy instead of reading the weights again
+_BASE: dict[tuple[str, str], object] = {}
+
+
 def load_for_training(model: str, device: str, dtype: torch.dtype):
-    """The base pipeline on ``device`` in ``dtype``, progress bars off (a trial samples it at every eval)."""
-    pipe = load_pipeline(model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
+    """A fresh copy of the base pipeline on ``device`` in ``dtype``, progress bars off (a trial samples it at
+    every eval). The weights are read once per process; each call gets its own copy to train, so what one
+    trial adds (a LoRA, a token) never reaches the next."""
+    import copy
+
+    key = (model, str(dtype))
+    if key not in _BASE:
+        pipe = load_pipeline(model)
+        pipe.set_progress_bar_config(disable=True)
+        _BASE.clear()  # one base model per process
+        _BASE[key] = pipe.to("cpu", dtype)
+    return copy.deepcopy(_BASE[key]).to(device, dtype)
 
 
 def _quiet_transformers() -> None:

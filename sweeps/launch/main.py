@@ -523,6 +523,10 @@ def _fit(sweep, args, configs, context, resources, tune_path: str, trials, resto
             max_concurrent_trials=max_concurrent,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            # a finished trial's process runs the next one: imports, the base model, the scorers and the
+            # data are loaded once per process, not per trial (trainables.models.load_for_training copies
+            # the model each trial trains). A Train job's workers are Train's own, so not for workers > 1.
+            reuse_actors=context.workers_per_trial == 1,
         ),
         run_config=tune.RunConfig(
             name=name,

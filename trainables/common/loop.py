@@ -200,6 +200,7 @@ class TrialRecorder:
         card: Callable[[dict[str, float], list[str]], str] | None = None,
         knobs: dict[str, list] | None = None,
         lora_models: tuple = (),
+        sampling=None,
     ):
         self.args, self.evaluate, self.save, self.eval_set = args, evaluate, save, eval_set
         self.artifact_path = artifact_path  # "adapter", "embeddings" or "model" in the MLflow run
@@ -209,6 +210,7 @@ class TrialRecorder:
         self.export, self.card = export, card
         # inference settings tried on the final model (eval.knobs); the scales act on ``lora_models``' LoRA layers
         self.knobs, self.lora_models = knobs or {}, lora_models
+        self.sampling = sampling  # the plain eval's sampling: the knob setting equal to it reuses its samples
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.started = self.created = time.perf_counter()
@@ -288,7 +290,8 @@ class TrialRecorder:
                 log_samples(list(self.eval_set.prompts), images, step, final=True)
                 log_item_scores(list(self.eval_set.prompts), items, step)
             if step == args.max_steps and self.knobs:  # the trained model at each inference setting
-                knob_metrics, knob_images = evaluate_knobs(self.evaluate, self.knobs, *self.lora_models)
+                knob_metrics, knob_images = evaluate_knobs(self.evaluate, self.knobs, *self.lora_models,
+                                                           plain=(scores, images, items), sampling=self.sampling)
                 metrics.update(knob_metrics)
                 if step > self.logged_through:
                     for combo, samples in knob_images.items():
@@ -429,11 +432,14 @@ def has_lora(*models) -> bool:
     return any(getattr(m, "scaling", None) for model in models if model is not None for m in model.modules())
 
 
-def evaluate_knobs(evaluate: Callable, knobs: dict[str, list], unet=None, text_encoder=None):
+def evaluate_knobs(evaluate: Callable, knobs: dict[str, list], unet=None, text_encoder=None, plain=None,
+                   sampling=None):  # fmt: skip
     """Every combination of ``knobs`` (eval.knobs) evaluated with ``evaluate(combo)``, LoRA scales applied to
-    ``unet``/``text_encoder`` around it; settings that cannot change the samples are sampled once. Returns
-    ``(metrics, images)``: ``<metric> <knob text>`` and ``<metric> best knob`` keys, knob text -> samples."""
-    from eval.knobs import best_over, effective, knob_grid, knob_key, knob_text
+    ``unet``/``text_encoder`` around it; settings that cannot change the samples are sampled once, and the one
+    that samples as the plain eval (``sampling``) reuses its result ``plain`` = (scores, images, items).
+    Returns ``(metrics, images)``: ``<metric> <knob text>`` and ``<metric> best knob`` keys, knob text ->
+    samples."""
+    from eval.knobs import best_over, effective, is_plain, knob_grid, knob_key, knob_text
     from eval.metrics import METRICS
 
     combos = knob_grid(knobs)
@@ -443,6 +449,8 @@ def evaluate_knobs(evaluate: Callable, knobs: dict[str, list], unet=None, text_e
     images: dict[str, list] = {}
     for combo in combos:
         key = effective(combo, lora)
+        if key not in done and plain is not None and sampling is not None and is_plain(combo, sampling):
+            done[key] = plain
         if key not in done:
             with lora_scaled(unet, combo.get("lora_scale", 1.0)), \
                     lora_scaled(text_encoder, combo.get("text_encoder_scale", 1.0)):  # fmt: skip

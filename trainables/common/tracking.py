@@ -50,10 +50,17 @@ class TrialContext:
         """The sweep's prepared data (fetched from Ray's object store when it is a reference)."""
         data = self.data
         if data is not None and type(data).__name__ == "ObjectRef":
-            import ray
+            key = data.hex()
+            if key not in _PREPARED:  # once per process: later trials in a reused process read it from here
+                import ray
 
-            data = ray.get(data)
+                _PREPARED.clear()
+                _PREPARED[key] = ray.get(data)
+            data = _PREPARED[key]
         return data
+
+
+_PREPARED: dict[str, Any] = {}  # the sweep's prepared data, by object ref
 
 
 def eval_params(ctx: TrialContext) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def train_dreambooth(trial, ctx: TrialContext, out_dir: Path) -> None:
         export=lambda folder: full_model_files(pipe, folder),
         card=card_writer(trial, ctx.model, ctx.prepared().identifier, run_name=run_name(cfg)),
         knobs=ctx.knobs,
+        sampling=ctx.sampling,
     )
     subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)
 

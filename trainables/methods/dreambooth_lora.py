@@ -106,6 +106,7 @@ def train_dreambooth_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         artifact_path="adapter",
         card=card_writer(trial, ctx.model, trigger, run_name=run_name(cfg)),
         knobs=ctx.knobs,
+        sampling=ctx.sampling,
         lora_models=(unet, text_encoder),
     )
     subject_loop(trial, ctx, out_dir, unet, text_encoder, noise_scheduler, stepper, recorder, generator)

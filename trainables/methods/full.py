@@ -90,6 +90,7 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
         export=lambda folder: full_model_files(pipe, folder),
         card=card_writer(trial, ctx.model, data.identifier, run_name=run_name(cfg)),
         knobs=ctx.knobs,
+        sampling=ctx.sampling,
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order

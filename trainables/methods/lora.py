@@ -108,6 +108,7 @@ def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
         artifact_path="adapter",
         card=card_writer(trial, ctx.model, data.identifier, run_name=run_name(cfg)),
         knobs=ctx.knobs,
+        sampling=ctx.sampling,
         lora_models=(unet, text_encoder),
     )
     cursor = BatchCursor(len(data.train), generator)

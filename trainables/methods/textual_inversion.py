@@ -237,6 +237,7 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
         artifact_path="embeddings",
         card=card_writer(trial, ctx.model, placeholder=cfg.placeholder_token, run_name=run_name(cfg)),
         knobs=ctx.knobs,
+        sampling=ctx.sampling,
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
