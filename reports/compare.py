@@ -316,8 +316,8 @@ def build_report(tracking_uri: str, parent_run_id: str, out_dir: Path, metric: s
     ui_url = (ui_url or default_ui_url(tracking_uri)).rstrip("/")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in (*out_dir.glob("grid*.png"), *(out_dir / f for f in ("params.png", "curves.png", "pareto.png",
-                                                                    "parallel.png", "metrics.png", "time.png"))):  # fmt: skip
+    drawn = ("params.png", "curves.png", "pareto.png", "parallel.png", "metrics.png", "time.png")
+    for old in (*out_dir.glob("grid*.png"), *(out_dir / f for f in drawn)):
         old.unlink(missing_ok=True)  # a rebuilt report holds only what this build drew
     with tempfile.TemporaryDirectory() as tmp:
         rows = load_rows(client, parent_run_id, Path(tmp), histories=("train/loss", metric), ui_url=ui_url)

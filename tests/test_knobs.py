@@ -88,3 +88,22 @@ def test_evaluate_knobs_scale_zero_is_the_base_model(tiny_sd, tiny_scorers, cont
     metrics, _ = evaluate_knobs(plain, {"lora_scale": [0.5, 1.0], "guidance_scale": [cfg]})
     assert len(plain.calls) == 1
     assert metrics[f"eval/clip_t scale:0.5 cfg:{cfg:g}"] == metrics[f"eval/clip_t scale:1 cfg:{cfg:g}"]
+
+
+def test_dpm_solver_sampling_is_a_setting_and_leaves_the_pipeline_as_it_was(tiny_sd, tiny_scorers, context):
+    from dataclasses import replace
+
+    from eval.evaluate import eval_scheduler
+
+    pipe = load_pipeline(tiny_sd)
+    own = pipe.scheduler
+    _, default_images, _ = evaluate_pipeline(pipe, context.eval, tiny_scorers, context.sampling)
+    dpm = replace(context.sampling, scheduler="dpm++")
+    scores, dpm_images, _ = evaluate_pipeline(pipe, context.eval, tiny_scorers, dpm)
+    assert pipe.scheduler is own  # restored
+    assert all(math.isfinite(v) for v in scores.values())
+    assert list(dpm_images[0].getdata()) != list(default_images[0].getdata())  # another sampler, same seeds
+    _, again, _ = evaluate_pipeline(pipe, context.eval, tiny_scorers, dpm)
+    assert list(again[0].getdata()) == list(dpm_images[0].getdata())  # and deterministic
+    with pytest.raises(ValueError, match="unknown"), eval_scheduler(pipe, "euler"):
+        pass

@@ -87,8 +87,7 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
     rows = json.loads((tmp_path / "reports" / "kanji_rank" / "rows.json").read_text())
     assert len(rows) == 6 and rows[0]["kind"] == "baseline"
     assert [r["label"] for r in rows] == ["no fine-tune", *(f"rank={r} alpha={r}" for r in (1, 4, 8, 16, 64))]
-    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png", "knobs.png",
-                "time.png"}
+    pictures = {"grid_heldout.png", "grid_novel.png", "params.png", "curves.png", "pareto.png", "knobs.png", "time.png"}
     assert all((tmp_path / "reports" / "kanji_rank" / p).exists() for p in pictures)
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/rows.json", *(f"report/{p}" for p in pictures)} <= logged
@@ -145,8 +144,8 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     torch.save(state, encoded)
     sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])}, knobs={})
 
-    # the same model path as the first sweep, so the copied encoding is found by its key and reused
-    model = str(cache / "models" / "tiny-sd")
+    # the same model path as the cluster sweep (the tiny preset's), so the copied encoding is found by its key
+    model = str(cache / "models" / "tiny-sd-learned")
     code = launch(sweep, [*_args(tmp_path, broken_cache), "--model", model])
 
     assert code == 1

@@ -44,8 +44,10 @@ def evaluate_baseline(ctx: TrialContext) -> dict[str, float]:
         log_item_scores(list(ctx.eval.prompts), items, step=0)
         if ctx.knobs:  # the trials' guidance and steps settings (LoRA scales do not apply to the base model)
             knob_metrics, knob_images = evaluate_knobs(
-                lambda combo: evaluate(pipe, ctx.eval, scorers, sampling_for(ctx.sampling, combo)), ctx.knobs,
-                plain=(dict(metrics), images, items), sampling=ctx.sampling,
+                lambda combo: evaluate(pipe, ctx.eval, scorers, sampling_for(ctx.sampling, combo)),
+                ctx.knobs,
+                plain=(dict(metrics), images, items),
+                sampling=ctx.sampling,
             )
             metrics.update(knob_metrics)
             for combo, samples in knob_images.items():

@@ -14,7 +14,12 @@ def parse_args(argv: list[str] | None, sweep: Sweep) -> argparse.Namespace:
         prog=f"python sweeps/{sweep.name}.py",
         description=f"Run the {sweep.name} sweep on Ray Tune, tracked in MLflow.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sd15", help="sd15 (GPU, default), tiny (CPU, a tiny SD that learns) or smoke (CPU, random weights, 20 steps)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="sd15",
+        help="sd15 (GPU, default), tiny (CPU, a tiny SD that learns) or smoke (CPU, random, 20 steps)",
+    )
     parser.add_argument("--model", help="Stable Diffusion hub id or local folder (overrides the preset)")
     parser.add_argument("--max-steps", type=int, help="training steps per trial (overrides the preset)")
     parser.add_argument(

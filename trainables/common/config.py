@@ -74,6 +74,10 @@ class TrainArgs:
     mixed_precision: str = "no"  # "fp16"/"bf16" on GPU; CPU runs need "no"
     gradient_checkpointing: bool = False  # recompute activations in backward: less GPU memory, ~20% slower
     optimizer: str = "adamw"  # "adamw_fused" (CUDA) or "adamw_8bit" (bitsandbytes) save time or memory on GPU
+    # GPU speed switches (trainables.common.loop.speed_settings); attention already runs through PyTorch's SDPA
+    allow_tf32: bool = True  # TF32 matmuls and convolutions on Ampere+ GPUs (float32 work only)
+    channels_last: bool = False  # the UNet in channels-last memory format (faster convolutions on tensor cores)
+    compile_unet: bool = False  # torch.compile the UNet (after its adapters are added): slow first steps, then faster
 
     def __post_init__(self):
         check_positive_ints(self, ("batch_size", "max_steps", "resolution", "eval_every", "log_every"))
@@ -94,5 +98,8 @@ class TrainArgs:
         check_number("seed", self.seed, "use a whole number")
         if not isinstance(self.gradient_checkpointing, bool):
             bad("gradient_checkpointing", self.gradient_checkpointing, "use True or False")
+        for name in ("allow_tf32", "channels_last", "compile_unet"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, getattr(self, name), "use True or False")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", self.optimizer, f"choose one of {OPTIMIZERS}")

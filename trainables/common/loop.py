@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +40,6 @@ from trainables.common.tracking import (
     log_samples,
     set_tags,
 )
-
 
 _TRIAL_START: list[float] = []  # when this process's current trial began (run_trial), for time/setup_s
 
@@ -290,8 +290,9 @@ class TrialRecorder:
                 log_samples(list(self.eval_set.prompts), images, step, final=True)
                 log_item_scores(list(self.eval_set.prompts), items, step)
             if step == args.max_steps and self.knobs:  # the trained model at each inference setting
-                knob_metrics, knob_images = evaluate_knobs(self.evaluate, self.knobs, *self.lora_models,
-                                                           plain=(scores, images, items), sampling=self.sampling)
+                knob_metrics, knob_images = evaluate_knobs(
+                    self.evaluate, self.knobs, *self.lora_models, plain=(scores, images, items), sampling=self.sampling
+                )
                 metrics.update(knob_metrics)
                 if step > self.logged_through:
                     for combo, samples in knob_images.items():
@@ -361,7 +362,7 @@ class TrialRecorder:
             card.write_text(self.card(self.metrics, [Path(f).name for f in files]), encoding="utf-8")
             log_files([card], self.artifact_path)
         self.times["save"] += time.perf_counter() - started
-        log_metrics(time_split(self.times, self.train_s), self.args.max_steps)
+        log_metrics({**time_split(self.times, self.train_s), "sys/peak_rss_mb": peak_rss_mb()}, self.args.max_steps)
         if not all(math.isfinite(v) for k, v in self.metrics.items() if k.startswith("eval/")):
             raise TrialError(f"non-finite eval scores {self.metrics}: check the scorer models")
 
@@ -375,6 +376,26 @@ def time_split(times: dict[str, float], train_s: float | None = None) -> dict[st
 
 
 TIME_PARTS = ("setup", "train", "eval", "save")
+
+
+def speed_settings(args: TrainArgs, unet) -> None:
+    """The trial's GPU speed switches: TF32 (CUDA only), a channels-last UNet, and ``torch.compile`` of the
+    UNet's forward in place (the module stays the same object, so saving and LoRA scaling still see it)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
+        torch.backends.cudnn.allow_tf32 = args.allow_tf32
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if args.compile_unet:
+        unet.compile()
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process so far, in MB (a reused trial process: of all its trials)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def _same_on_every_worker(trained: Trained) -> None:

@@ -71,6 +71,7 @@ def eval_params(ctx: TrialContext) -> dict[str, Any]:
         "eval_sampling_steps": s.steps,
         "eval_guidance_scale": s.guidance_scale,
         "eval_resolution": s.resolution,
+        **({"eval_scheduler": s.scheduler} if s.scheduler != "default" else {}),
         "eval_prompts": len(ctx.eval.prompts),
         "scorers": ctx.scorers.text(),
     }

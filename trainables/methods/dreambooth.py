@@ -29,6 +29,7 @@ from trainables.common.loop import (
     evaluate_pipeline,
     make_optimizer,
     noisy_latents,
+    speed_settings,
 )
 from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
 from trainables.common.tracking import TrialContext, log_params
@@ -140,6 +141,7 @@ def subject_loop(trial, ctx: TrialContext, out_dir: Path, unet, text_encoder, no
     class_data, class_cursor = class_images(cfg, data, ctx, generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
     trained = trained_parameters(unet=unet, text_encoder=text_encoder)
+    speed_settings(args, unet)  # TF32, channels-last, torch.compile: switches of TrainArgs
     first_step = recorder.track(trained, stepper, {"batches": generator}, {"instance": cursor, "class": class_cursor})
 
     for step in range(first_step, args.max_steps + 1):

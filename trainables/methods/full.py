@@ -27,6 +27,7 @@ from trainables.common.loop import (
     evaluate_pipeline,
     make_optimizer,
     noisy_latents,
+    speed_settings,
 )
 from trainables.common.tracking import TrialContext, log_params
 from trainables.export import card_writer, full_model_files
@@ -94,6 +95,7 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
+    speed_settings(args, unet)  # TF32, channels-last, torch.compile: switches of TrainArgs
     first_step = recorder.track(trained_parameters(unet=unet), stepper, {"batches": generator}, {"instance": cursor})
 
     for step in range(first_step, args.max_steps + 1):

@@ -27,6 +27,7 @@ from trainables.common.loop import (
     evaluate_pipeline,
     make_optimizer,
     noisy_latents,
+    speed_settings,
 )
 from trainables.common.lora import (
     ADAPTER_FILE,
@@ -114,6 +115,7 @@ def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
     trained = trained_parameters(unet=unet, text_encoder=text_encoder)
+    speed_settings(args, unet)  # TF32, channels-last, torch.compile: switches of TrainArgs
     first_step = recorder.track(trained, stepper, {"batches": generator}, {"instance": cursor})
     autocast = args.mixed_precision != "no"
 

@@ -30,6 +30,7 @@ from trainables.common.loop import (
     evaluate_pipeline,
     make_optimizer,
     noisy_latents,
+    speed_settings,
 )
 from trainables.common.tracking import TrialContext, log_params
 from trainables.data.encoding import tokenize
@@ -241,6 +242,7 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
     )
     cursor = BatchCursor(len(data.train), generator)
     # a restored trial continues from its checkpoint: weights, optimizer, schedule, RNGs, batch order
+    speed_settings(args, unet)  # TF32, channels-last, torch.compile: switches of TrainArgs
     first_step = recorder.track(_placeholder_rows(weight, ids), stepper, {"batches": generator}, {"instance": cursor})
 
     for step in range(first_step, args.max_steps + 1):
