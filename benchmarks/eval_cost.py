@@ -79,10 +79,10 @@ def main(argv=None) -> int:
     from eval.scorers import ScorerSpec, build_tiny_clip, build_tiny_dino, load_scorers
     from trainables.data.kanji import KanjiData
     from trainables.models import load_pipeline
-    from trainables.tiny_learned import build_learned_tiny_sd
+    from trainables.tiny_learned import learned_tiny
 
     cache = Path(args.cache_dir).expanduser()
-    model = str(build_learned_tiny_sd(cache / "models" / "tiny-sd-learned", cache / "generated" / "tiny-glyphs"))
+    model = str(learned_tiny(cache))
     scorers = load_scorers(ScorerSpec(build_tiny_clip(cache / "models" / "tiny-clip-64", 64), None,
                                       str(build_tiny_dino(cache / "models" / "tiny-dino-64", 64))))  # fmt: skip
     prepared = KanjiData(max_chars=400, n_heldout=args.n_heldout).prepare(model, 64, cache, progress=False)

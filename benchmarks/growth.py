@@ -97,10 +97,10 @@ def sweep_growth(counts: list[int], cache: Path, tmp: Path, chars: int) -> list[
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from trainables.tiny_learned import build_learned_tiny_sd
+    from trainables.tiny_learned import learned_tiny
 
     cache = Path(args.cache_dir).expanduser()
-    model = str(build_learned_tiny_sd(cache / "models" / "tiny-sd-learned", cache / "generated" / "tiny-glyphs"))
+    model = str(learned_tiny(cache))
     with tempfile.TemporaryDirectory() as tmp:
         data_rows = data_growth(model, args.chars, Path(tmp))
         sweep_rows = sweep_growth(args.trials, cache, Path(tmp), args.sweep_chars)

@@ -12,9 +12,11 @@ number of steps, one after another in each repeat (the order rotates from repeat
 - ``bare, cached``: the same minimal loop on the same cached latents and embeddings the trainable reads: the
   floor for a loop that caches, so ``trainable / bare cached`` is what the project's loop machinery costs.
 
-Printed per loop: steps/s of each repeat, the median and the spread (min-max), and the ratios of the medians.
+Every loop runs ``--steps`` + 1 steps and is timed over all of them, the first included (the trainable's
+``train/time_s`` includes it). Printed per loop: steps/s of each repeat, the median and the spread
+(min-max), and the ratios of the medians.
 
-    python benchmarks/step_rate.py                       # learned tiny model, 64 glyphs, batch 4, 60 steps, 3 repeats
+    python benchmarks/step_rate.py                       # learned tiny model, 64 glyphs, batch 4, 60 steps, 5 repeats
     python benchmarks/step_rate.py --repeats 5 --steps 100
 """
 
@@ -42,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--images", type=int, default=64, help="kanji rendered (default 64; the held-out ones are not trained on)"
     )
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: with 2 on 2 shared cores repeats differed by 20%%)")  # fmt: skip
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sdsweep"))
     return p.parse_args(argv)
 
@@ -70,10 +74,8 @@ def bare_loop(model: str, pixels, input_ids, cached, args, encode: bool) -> floa
     generator = torch.Generator().manual_seed(0)
     scaling = float(vae.config.scaling_factor)
     unet.train()
-    started = None
-    for step in range(args.steps + 1):  # step 0 is an untimed warm-up
-        if step == 1:
-            started = time.perf_counter()
+    started = time.perf_counter()
+    for _ in range(args.steps + 1):  # the first step included, as the trainable's train/time_s includes it
         index = torch.randint(0, len(pixels), (args.batch_size,), generator=generator)
         if encode:
             with torch.no_grad():
@@ -93,7 +95,7 @@ def bare_loop(model: str, pixels, input_ids, cached, args, encode: bool) -> floa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss.detach().item()  # the example scripts' progress bar shows the loss every step
-    return args.steps / (time.perf_counter() - started)
+    return (args.steps + 1) / (time.perf_counter() - started)
 
 
 def trainable_loop(ctx, args, work: Path, repeat: int) -> float:
@@ -108,7 +110,7 @@ def trainable_loop(ctx, args, work: Path, repeat: int) -> float:
               "seed": repeat, "lora_init": "gaussian"}  # fmt: skip
     run_trial(config, ctx)
     (run,) = mlflow.search_runs([ctx.experiment_id], f"params.seed = '{repeat}'", output_format="list")
-    # train/time_s covers all steps, the first included (the bare loops leave their first out: +1 step here)
+    # train/time_s covers all its steps, the first (optimizer state, first-call costs) included; so do the bare loops
     return (args.steps + 1) / run.data.metrics["train/time_s"]
 
 
@@ -117,19 +119,21 @@ def main(argv=None) -> int:
     import mlflow
     import torch
 
+    torch.set_num_threads(args.threads)
+
     from eval.evaluate import SamplingConfig
     from eval.scorers import ScorerSpec, build_tiny_clip, build_tiny_dino
     from trainables.common.tracking import TrialContext
     from trainables.data.encoding import image_to_tensor, tokenize
     from trainables.data.kanji import KanjiData, dataset_dir, load_image, load_records
     from trainables.models import load_pipeline
-    from trainables.tiny_learned import build_learned_tiny_sd
+    from trainables.tiny_learned import learned_tiny
 
     cache = Path(args.cache_dir).expanduser()
-    model = str(build_learned_tiny_sd(cache / "models" / "tiny-sd-learned", cache / "generated" / "tiny-glyphs"))
+    model = str(learned_tiny(cache))
     scorers = ScorerSpec(build_tiny_clip(cache / "models" / "tiny-clip-64", 64), None,
                          str(build_tiny_dino(cache / "models" / "tiny-dino-64", 64)))  # fmt: skip
-    data = KanjiData(max_chars=args.images, n_heldout=2)
+    data = KanjiData(max_chars=args.images, n_heldout=1)
     prepared = data.prepare(model, 64, cache, False)
     cached = prepared.train
     directory = dataset_dir(cache, 64, data.caption_template, data.max_chars, data.holdout_percent)

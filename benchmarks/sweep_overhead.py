@@ -140,11 +140,11 @@ def breakdown(work: Path, launched_at: float, wall: float) -> dict[str, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from trainables.tiny_learned import build_learned_tiny_sd
+    from trainables.tiny_learned import learned_tiny
 
     cache = Path(args.cache_dir).expanduser()
     models = cache / "models"
-    build_learned_tiny_sd(models / "tiny-sd-learned", cache / "generated" / "tiny-glyphs")
+    learned = learned_tiny(cache)
     sweep = the_sweep(args.ranks)
     walls: dict[str, list[float]] = {"sequential": [], "launcher, 1 at a time": [], "launcher": []}
     parts: list[dict] = []
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         data_cache = tmp / "cache"
         (data_cache / "models").mkdir(parents=True)
-        for name in ("tiny-sd-learned", "tiny-clip-64", "tiny-dino-64"):
+        for name in (learned.name, "tiny-clip-64", "tiny-dino-64"):
             if (models / name).exists():
                 shutil.copytree(models / name, data_cache / "models" / name)
         # work done once: the first sweep on this cache renders and encodes the data, the next ones reuse it

@@ -80,11 +80,11 @@ def measure(model: str, label: str, args, cache: Path, work: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from trainables.models import build_tiny_sd
-    from trainables.tiny_learned import build_learned_tiny_sd
+    from trainables.tiny_learned import learned_tiny
 
     cache = Path(args.cache_dir).expanduser()
     started = time.perf_counter()
-    learned = build_learned_tiny_sd(cache / "models" / "tiny-sd-learned", cache / "generated" / "tiny-glyphs")
+    learned = learned_tiny(cache)
     print(f"learned tiny model ready in {time.perf_counter() - started:.0f} s (0 when cached)")
     with tempfile.TemporaryDirectory() as tmp:
         import os

@@ -10,6 +10,8 @@ import torch
 from conftest import sweep_args
 from ray import tune
 
+from trainables.tiny_learned import learned_tiny_dir
+
 pytestmark = pytest.mark.integration
 
 
@@ -145,7 +147,7 @@ def test_failing_trials_do_not_take_the_sweep_down(kanji_rank_run, cache, tmp_pa
     sweep = replace(SWEEP, name="kanji_broken", search_space={"lora_rank": tune.grid_search([1, 2])}, knobs={})
 
     # the same model path as the cluster sweep (the tiny preset's), so the copied encoding is found by its key
-    model = str(cache / "models" / "tiny-sd-learned")
+    model = str(learned_tiny_dir(cache))
     code = launch(sweep, [*_args(tmp_path, broken_cache), "--model", model])
 
     assert code == 1

@@ -157,6 +157,19 @@ def build_learned_tiny_sd(out_dir: Path, glyph_dir: Path, seed: int = 0, vae_ste
     return build_once(out_dir, write, lambda d: (d / "model_index.json").exists())
 
 
+def learned_tiny_dir(cache_dir: Path) -> Path:
+    """Where the cache keeps the learned tiny model; the folder names its build, so a change of the build's
+    lengths builds a new one instead of reusing a stale one."""
+    return Path(cache_dir) / "models" / f"tiny-sd-learned-{VAE_STEPS}-{UNET_STEPS}"
+
+
+def learned_tiny(cache_dir: Path, progress: bool = True) -> Path:
+    """The learned tiny model in ``cache_dir`` (built there the first time)."""
+    cache_dir = Path(cache_dir)
+    return build_learned_tiny_sd(learned_tiny_dir(cache_dir), cache_dir / "generated" / "tiny-glyphs",
+                                 progress=progress)  # fmt: skip
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-sd-learned")
     print(build_learned_tiny_sd(target, target.parent / "tiny-glyphs"))

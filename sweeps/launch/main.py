@@ -375,9 +375,9 @@ def _models(args, preset: Preset, cache_dir: Path) -> tuple[str, ScorerSpec]:
         if Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())
     elif preset.model is None and preset.tiny_model == "learned":
-        from trainables.tiny_learned import build_learned_tiny_sd
+        from trainables.tiny_learned import learned_tiny
 
-        model = str(build_learned_tiny_sd(tiny_dir / "tiny-sd-learned", cache_dir / "generated" / "tiny-glyphs"))
+        model = str(learned_tiny(cache_dir))
     elif preset.model is None:
         model = str(build_tiny_sd(tiny_dir / "tiny-sd"))
     else:

@@ -30,6 +30,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
     speed_settings,
+    train_mode,
 )
 from trainables.common.prior import check_prior_fields, class_images, prior_loss_weight, resolved_prior
 from trainables.common.tracking import TrialContext, log_params
@@ -145,8 +146,8 @@ def subject_loop(trial, ctx: TrialContext, out_dir: Path, unet, text_encoder, no
     first_step = recorder.track(trained, stepper, {"batches": generator}, {"instance": cursor, "class": class_cursor})
 
     for step in range(first_step, args.max_steps + 1):
-        unet.train()
-        text_encoder.train(cfg.train_text_encoder)
+        train_mode(unet)
+        train_mode(text_encoder, cfg.train_text_encoder)
         # next batch: the instance latents, then as many class latents (prior preservation)
         index = cursor.next(args.batch_size)
         latents = data.train.sample_latents(index, generator)

@@ -28,6 +28,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
     speed_settings,
+    train_mode,
 )
 from trainables.common.tracking import TrialContext, log_params
 from trainables.export import card_writer, full_model_files
@@ -99,7 +100,7 @@ def train_full(trial, ctx: TrialContext, out_dir: Path) -> None:
     first_step = recorder.track(trained_parameters(unet=unet), stepper, {"batches": generator}, {"instance": cursor})
 
     for step in range(first_step, args.max_steps + 1):
-        unet.train()
+        train_mode(unet)
         # next batch of cached latents, noised at random timesteps
         index = cursor.next(args.batch_size)
         latents = data.train.sample_latents(index, generator).to(device, weight_dtype)

@@ -28,6 +28,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
     speed_settings,
+    train_mode,
 )
 from trainables.common.lora import (
     ADAPTER_FILE,
@@ -120,8 +121,8 @@ def train_lora(trial, ctx: TrialContext, out_dir: Path) -> None:
     autocast = args.mixed_precision != "no"
 
     for step in range(first_step, args.max_steps + 1):
-        unet.train()
-        text_encoder.train(cfg.train_text_encoder)
+        train_mode(unet)
+        train_mode(text_encoder, cfg.train_text_encoder)
         # next batch of cached latents
         index = cursor.next(args.batch_size)
         latents = data.train.sample_latents(index, generator).to(device, weight_dtype)

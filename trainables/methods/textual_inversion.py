@@ -31,6 +31,7 @@ from trainables.common.loop import (
     make_optimizer,
     noisy_latents,
     speed_settings,
+    train_mode,
 )
 from trainables.common.tracking import TrialContext, log_params
 from trainables.data.encoding import tokenize
@@ -246,8 +247,8 @@ def train_textual_inversion(trial, ctx: TrialContext, out_dir: Path) -> None:
     first_step = recorder.track(_placeholder_rows(weight, ids), stepper, {"batches": generator}, {"instance": cursor})
 
     for step in range(first_step, args.max_steps + 1):
-        unet.train()
-        text_encoder.train()
+        train_mode(unet)
+        train_mode(text_encoder)
         # next batch of cached latents
         index = cursor.next(args.batch_size)
         latents = data.train.sample_latents(index, generator).to(device, weight_dtype)
