@@ -1,7 +1,7 @@
 """Benchmark: what running a trial as a Ray Train job costs, against the same trial in Tune's own process.
 
-One tiny LoRA trial (the tiny preset's random SD, the drawn toy subject, 64 px, batch 4) is fitted through
-Ray Tune three ways, alternating, in one Ray session:
+One tiny LoRA trial (the smoke preset's random tiny SD, the drawn toy subject, 64 px, batch 4) is fitted
+through Ray Tune three ways, alternating, in one Ray session:
 
 - ``direct``: the recipe in the Tune trial's process (what ``--workers-per-trial 1`` runs);
 - ``train x1``: the same trial as a ``TorchTrainer`` job of one worker (the path N > 1 takes, at N = 1);
@@ -55,7 +55,7 @@ def _context(cache: Path, workdir: Path):
     experiment = mlflow.create_experiment("train_startup", artifact_location=(workdir / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as parent:
         pass
-    sampling = replace(PRESETS["tiny"].sampling, resolution=64)
+    sampling = replace(PRESETS["smoke"].sampling, resolution=64)
     return TrialContext(model, uri, experiment, parent.info.run_id, prepared.eval, sampling, scorers, prepared,
                         storage_path=str(workdir / "ray"), max_failures=0)  # fmt: skip
 

@@ -81,6 +81,7 @@ def test_tiny_kanji_rank_sweep_records_everything(kanji_rank_run, capsys):
         parts = [m[f"time/{p}_s"] for p in ("setup", "train", "eval", "save")]
         assert sum(parts) == pytest.approx(m["time/total_s"]) and min(parts) > 0
         assert m["time/train_s"] == pytest.approx(m["train/time_s"], rel=0.05)
+        assert 200 < m["sys/peak_rss_mb"] < 24 * 1024  # the trial process's peak memory, in MB
     # adapters differ by rank: the rank-64 file is the largest
     sizes = {int(r.data.params["lora_rank"]): r.data.metrics["adapter/size_mb"] for r in trials}
     assert sizes[64] > sizes[16] > sizes[1]

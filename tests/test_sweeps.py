@@ -162,3 +162,15 @@ def test_bad_knobs_are_refused_before_anything_starts(tmp_path, capsys, change, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert not (tmp_path / "m.db").exists() and not any((tmp_path / "cache").glob("*"))  # nothing started
+
+
+def test_asha_starts_a_grid_in_a_seeded_shuffle_and_fifo_as_written():
+    """ASHA can only stop a trial that is worse than those before it at a rung: a grid written weakest first
+    would stop nothing, so under ASHA the launcher starts the grid shuffled (the same shuffle on a resume)."""
+    from sweeps.launch.main import run_order
+
+    configs = [{"lora_rank": r, "unet_lr": lr} for lr in (1e-4, 1e-3) for r in (1, 4, 16)]
+    assert run_order(configs, "fifo") == configs
+    shuffled = run_order(configs, "asha")
+    assert shuffled != configs and sorted(map(str, shuffled)) == sorted(map(str, configs))
+    assert run_order(configs, "asha") == shuffled
