@@ -53,7 +53,7 @@ def data_growth(model: str, sizes: list[int], tmp: Path) -> list[tuple]:
         started = time.perf_counter()
         build_dataset(cache, 64, max_chars=n or None, progress=False)
         rendered = time.perf_counter()
-        prepared = KanjiData(max_chars=n or None, n_heldout=4).prepare(model, 64, cache, progress=False)
+        prepared = KanjiData(max_chars=n or None, n_heldout=1).prepare(model, 64, cache, progress=False)
         encoded = time.perf_counter()
         count = len(prepared.train)
         size = len(pickle.dumps(prepared)) / 2**20

@@ -40,10 +40,28 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     quiet_libraries()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per eval
     out_dir, trial_name, trial_id = trial_dir(default_name="local")
-    if ctx.workers_per_trial > 1:
-        _run_on_workers(config, ctx, out_dir, trial_name, trial_id)
-    else:
-        _run(config, ctx, out_dir, trial_name, trial_id)
+    try:
+        if ctx.workers_per_trial > 1:
+            _run_on_workers(config, ctx, out_dir, trial_name, trial_id)
+        else:
+            _run(config, ctx, out_dir, trial_name, trial_id)
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Hand a finished trial's memory back before the process runs the next trial (Tune reuses trial
+    processes): collect its cycles, and ask glibc to return freed heap pages. Each trial runs in a new thread,
+    and glibc keeps what a finished thread's arena freed, so a reused process grew ~80 MB per tiny trial."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _earlier_attempt(ctx: TrialContext, trial_id: str):
