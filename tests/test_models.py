@@ -52,3 +52,22 @@ def test_missing_scorers_name_the_model_and_the_fix(tmp_path):
         ClipScorer(f"local-dir:{tmp_path}", None)
     with pytest.raises(ScorerLoadError, match=r"cannot load DINO scorer .*pass --dino-model DIR"):
         DinoScorer(str(tmp_path / "no-dino"))
+
+
+def test_a_reused_process_gives_each_trial_its_own_copy_of_the_base_model(tiny_sd):
+    """Tune runs later trials in the same process, which reads the weights once: what one trial adds to its
+    copy (a LoRA, a new token) or trains must never reach the next trial's copy."""
+    from trainables.common.lora import add_lora
+    from trainables.models import load_for_training
+
+    first = load_for_training(tiny_sd, "cpu", torch.float32)
+    add_lora(first.unet, 4, 4.0, ("to_q",))
+    first.tokenizer.add_tokens(["<sks>"])
+    with torch.no_grad():
+        first.vae.decoder.conv_out.weight.add_(1.0)
+    second = load_for_training(tiny_sd, "cpu", torch.float32)
+    assert not any("lora" in name for name, _ in second.unet.named_parameters())
+    assert "<sks>" not in second.tokenizer.get_vocab()
+    fresh = load_pipeline(tiny_sd)
+    assert torch.equal(second.vae.decoder.conv_out.weight, fresh.vae.decoder.conv_out.weight)
+    assert second.unet is not first.unet and second.unet.training == fresh.unet.training
