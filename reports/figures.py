@@ -359,7 +359,7 @@ def plot_times(rows, out_file: Path) -> bool:
     plt = _pyplot()
     parts = (("time/setup_s", "set-up", "tab:grey"), ("time/train_s", "train", "tab:blue"),
              ("time/eval_s", "eval", "tab:orange"), ("time/save_s", "save", "tab:green"))  # fmt: skip
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(timed)))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(timed)))
     names = [(r.label or r.name)[:28] for r in timed]
     left = [0.0] * len(timed)
     for key, label, color in parts:
@@ -369,7 +369,7 @@ def plot_times(rows, out_file: Path) -> bool:
     ax.invert_yaxis()  # the table's order, top to bottom
     ax.set_xlabel("seconds", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the bars
     fig.tight_layout()
     fig.savefig(out_file, dpi=90)
     plt.close(fig)

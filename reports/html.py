@@ -75,6 +75,14 @@ def data_uri(path: Path, max_side: int = THUMB) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
@@ -145,13 +153,15 @@ def render_html(rows, title: str, parent, metric: str, verdict, params: list[str
             out += [f"<th>{_e(h)}</th>" for h in picture.table[0]]
             out.append("</tr></thead><tbody>")
             for row in picture.table[1:]:
-                css = ' class="baseline"' if row[1] == "no fine-tune" else ""
+                css = ' class="baseline"' if "no fine-tune" in row[:2] else ""
                 cells = []
-                for i, text in enumerate(row):
+                for text in row:
                     bold = text.startswith("**")
                     text = text.strip("*")
-                    cls = "text" if i < 2 else ("best" if bold else "")
-                    cells.append(f'<td class="{cls}" data-v="{_e(text)}">{_e(text)}</td>')
+                    value = text.removesuffix("%")  # "50%" sorts as 50
+                    numeric = _is_number(value)
+                    cls = ("best" if bold else "") if numeric else "text"
+                    cells.append(f'<td class="{cls}" data-v="{_e(value if numeric else text)}">{_e(text)}</td>')
                 out.append(f"<tr{css}>{''.join(cells)}</tr>")
             out.append("</tbody></table>")
         if not picture.file:
