@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eval.evaluate import SamplingConfig
@@ -112,32 +112,15 @@ PRESETS = {
         "and IoU show whether a fine-tune changed it; its CLIP and DINO scorers have random weights, so "
         "CLIP-T, CLIP-I and DINO test the machinery, not quality.",
     ),
-    # random tiny models on CPU, 20 steps: exercises every part in a minute or two (the tests); its images
-    # are coloured noise and its scores mean nothing
-    "smoke": Preset(
-        model=None,
-        scorers=None,
-        trial_overrides=dict(batch_size=4),
-        forced=dict(resolution=64, max_steps=20, eval_every=10, log_every=5, mixed_precision="no"),
-        # rates ~10x the real ones, so 20 steps move the tiny random weights visibly
-        method_overrides={
-            "lora": dict(unet_lr=1e-3),
-            "dreambooth_lora": dict(unet_lr=1e-3),
-            "dreambooth": dict(unet_lr=1e-4),
-            "full": dict(unet_lr=1e-4),
-            "textual_inversion": dict(learning_rate=5e-3),
-        },
-        sampling=SamplingConfig(steps=10, guidance_scale=7.5, resolution=64, batch_size=8),
-        data_overrides={
-            "kanji": dict(max_chars=400, n_heldout=4),
-            "subject": dict(num_eval_prompts=3, images_per_prompt=2, use_generated_set=True),
-            "captioned": dict(num_eval_prompts=3, use_generated_set=True),
-        },
-        num_class_images=8,
-        cpus_per_trial=1,
-        gpus_per_trial=0,
-        tiny_model="random",
-        caveat="The smoke preset's models and scorers have random weights: its scores test the machinery, "
-        "not quality.",
-    ),
 }  # fmt: skip
+# random tiny models on CPU, 20 steps: exercises every part in a minute or two (the tests); its images are
+# coloured noise and its scores mean nothing. The tiny preset otherwise (sampling, data, class images).
+PRESETS["smoke"] = replace(
+    PRESETS["tiny"],
+    trial_overrides=dict(batch_size=4),
+    forced=dict(resolution=64, max_steps=20, eval_every=10, log_every=5, mixed_precision="no"),
+    # rates ~10x the real ones, so 20 steps move the tiny random weights visibly
+    method_overrides={**PRESETS["tiny"].method_overrides, "lora": dict(unet_lr=1e-3)},
+    tiny_model="random",
+    caveat="The smoke preset's models and scorers have random weights: its scores test the machinery, not quality.",
+)
